@@ -1,0 +1,274 @@
+"""The trio transport: one HTTP/2 connection over one `trio.abc.Stream`.
+
+`Transport` owns the byte stream, one reader task, and one writer task, and it is
+the only code that moves bytes between the socket and the sans-I/O `GrpcConnection`.
+It keeps the trio-side view of each stream (`StreamState`: received messages waiting
+for the application, the final status, parking lots for waiters). It makes no
+protocol decisions: those are the connection's.
+
+Why a writer task: commands only queue bytes in the connection, then wake the writer
+(`kick`, which never blocks). A call task that is cancelled (a deadline) therefore
+never abandons a half-written frame, which would corrupt the connection for every
+other call (the rule trio-websocket follows). Several commands queued before the
+writer runs leave in a single `send_all`: a unary call is one write on each side.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from wire import events as ev
+from wire.connection import GrpcConnection
+from wire.errors import RpcError
+from wire.metadata import Metadata
+from wire.status import StatusCode
+
+log = logging.getLogger("wire.transport")
+
+RECEIVE_SIZE = 256 * 1024
+
+
+@dataclass(eq=False)
+class StreamState:
+    """What the trio side knows of one stream; one per stream, owned by its Transport."""
+
+    stream_id: int
+    messages: deque[ev.MessageReceived] = field(default_factory=deque)
+    lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    # client side
+    headers: ev.ResponseHeadersReceived | None = None
+    ended: ev.ResponseEnded | None = None
+    # server side
+    request_ended: bool = False
+    aborted: RpcError | None = None
+    on_abort: Callable[[RpcError], None] | None = None
+
+
+class Transport:
+    """A live HTTP/2 connection: reader and writer tasks, and the streams on it."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        connection: GrpcConnection,
+        *,
+        peer: str,
+        on_request: Callable[[Transport, ev.RequestReceived], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.connection = connection
+        self.peer = peer
+        self.streams: dict[int, StreamState] = {}
+        self._on_request = on_request
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._window_lot = trio.lowlevel.ParkingLot()
+        self._capacity_lot = trio.lowlevel.ParkingLot()
+        self._ping_waiters: dict[bytes, trio.Event] = {}
+        self.closed = False
+        self.close_reason: str | None = None
+        self.goaway: ev.GoAwayReceived | None = None
+        self._cancel_scope: trio.CancelScope | None = None
+        self.nursery: trio.Nursery | None = None
+        self.drained = trio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the reader and writer until the connection ends; owns their nursery."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                self._cancel_scope = nursery.cancel_scope
+                self.connection.initiate()
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._reader)
+                task_status.started()
+        finally:
+            self._lost(self.close_reason or "transport closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    def abort(self, reason: str) -> None:
+        """Stop the connection now (no goodbye). Every open call fails."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._lost(reason)
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    def kick(self) -> None:
+        """Wake the writer: the connection has bytes to send. Never blocks."""
+        self._writer_lot.unpark_all()
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.connection.is_usable
+
+    # -- stream bookkeeping -----------------------------------------------------------
+
+    def open_state(self, stream_id: int) -> StreamState:
+        state = StreamState(stream_id)
+        self.streams[stream_id] = state
+        return state
+
+    def release(self, stream_id: int) -> None:
+        """The application is done with a stream: forget it, let a queued stream start."""
+        if self.streams.pop(stream_id, None) is not None:
+            self._capacity_lot.unpark_all()
+        if not self.streams and not self.closed and not self.connection.is_usable:
+            # Draining after GOAWAY and nothing left to finish: close.
+            self.kick()
+            self.abort("connection drained")
+
+    async def wait_for_capacity(self) -> None:
+        """Wait until the peer's MAX_CONCURRENT_STREAMS lets one more stream open."""
+        while not self.connection.can_open_stream():
+            if self.closed or not self.connection.is_usable:
+                return
+            await self._capacity_lot.park()
+
+    async def wait_writable(self, state: StreamState) -> None:
+        """Block while the stream's bytes wait for the peer's flow-control window."""
+        conn = self.connection
+        while conn.pending_send_bytes(state.stream_id) > 0:
+            if self.closed or state.ended is not None or state.aborted is not None:
+                return
+            await self._window_lot.park()
+
+    async def wait_stream(self, state: StreamState) -> None:
+        """Park until something happens on this stream."""
+        await state.lot.park()
+
+    async def ping(self, data: bytes) -> None:
+        """Send a PING and wait for its ACK."""
+        self.connection.ping(data)
+        await self.wait_ping_ack(data)
+
+    async def wait_ping_ack(self, data: bytes) -> None:
+        """Wait for the ACK of a PING with this payload (already queued or sent)."""
+        done = self._ping_waiters.setdefault(data, trio.Event())
+        self.kick()
+        await done.wait()
+
+    # -- tasks --------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        conn = self.connection
+        send_all = self.stream.send_all
+        try:
+            while True:
+                data = conn.data_to_send()
+                if data:
+                    await send_all(data)
+                else:
+                    if conn.failure is not None or self.closed:
+                        break
+                    await self._writer_lot.park()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.abort(f"connection lost while writing: {exc}")
+
+    async def _reader(self) -> None:
+        conn = self.connection
+        receive = self.stream.receive_some
+        reason = "connection closed by peer"
+        try:
+            while True:
+                data = await receive(RECEIVE_SIZE)
+                if not data:
+                    break
+                events = conn.receive_data(data)
+                if events:
+                    self._dispatch(events)
+                if conn.has_data_to_send():
+                    self.kick()
+                if conn.failure is not None:
+                    reason = conn.failure
+                    # Let the writer flush a GOAWAY, then end.
+                    with trio.move_on_after(1):
+                        while conn.has_data_to_send():
+                            await trio.sleep(0.001)
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            reason = f"connection lost: {exc}"
+        self.abort(reason)
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def _dispatch(self, events: list[ev.Event]) -> None:
+        streams = self.streams
+        for event in events:
+            if isinstance(event, ev.MessageReceived):
+                state = streams.get(event.stream_id)
+                if state is not None:
+                    state.messages.append(event)
+                    state.lot.unpark_all()
+            elif isinstance(event, ev.ResponseEnded):
+                state = streams.get(event.stream_id)
+                if state is not None:
+                    state.ended = event
+                    state.lot.unpark_all()
+                self._capacity_lot.unpark_all()
+                self._window_lot.unpark_all()
+            elif isinstance(event, ev.ResponseHeadersReceived):
+                state = streams.get(event.stream_id)
+                if state is not None:
+                    state.headers = event
+                    state.lot.unpark_all()
+            elif isinstance(event, ev.RequestReceived):
+                if self._on_request is not None:
+                    self._on_request(self, event)
+            elif isinstance(event, ev.RequestEnded):
+                state = streams.get(event.stream_id)
+                if state is not None:
+                    state.request_ended = True
+                    state.lot.unpark_all()
+            elif isinstance(event, ev.RequestAborted):
+                self._abort_stream(event.stream_id, event.error)
+            elif isinstance(event, ev.WindowOpened):
+                self._window_lot.unpark_all()
+            elif isinstance(event, ev.StreamCapacityChanged):
+                self._capacity_lot.unpark_all()
+            elif isinstance(event, ev.PingAcknowledged):
+                waiter = self._ping_waiters.pop(event.data, None)
+                if waiter is not None:
+                    waiter.set()
+            elif isinstance(event, ev.GoAwayReceived):
+                self.goaway = event
+                self._capacity_lot.unpark_all()
+            elif isinstance(event, ev.ConnectionFailed):
+                self.close_reason = event.reason
+
+    def _abort_stream(self, stream_id: int, error: RpcError) -> None:
+        state = self.streams.get(stream_id)
+        if state is None:
+            return
+        state.aborted = error
+        state.lot.unpark_all()
+        if state.on_abort is not None:
+            state.on_abort(error)
+
+    def _lost(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._dispatch(self.connection.connection_lost(reason))
+        for state in list(self.streams.values()):
+            if state.ended is None and state.aborted is None:
+                if self.connection.client_side:
+                    state.ended = ev.ResponseEnded(
+                        state.stream_id, StatusCode.UNAVAILABLE, reason, None, Metadata()
+                    )
+                    state.lot.unpark_all()
+                else:
+                    self._abort_stream(state.stream_id, RpcError(StatusCode.UNAVAILABLE, reason))
+        self._window_lot.unpark_all()
+        self._capacity_lot.unpark_all()
+        self._writer_lot.unpark_all()
+        for waiter in self._ping_waiters.values():
+            waiter.set()
+        self.drained.set()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import trio
+import trio.lowlevel
 
 from wire.connection import ConnectionConfig, GrpcConnection
 from wire.dial import Target, describe_peer, open_target, parse_target
@@ -30,7 +31,7 @@ from wire.errors import ProtocolMisuse, RpcError
 from wire.framing import DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH
 from wire.metadata import Metadata
 from wire.status import StatusCode
-from wire.trace import FrameTracer, TraceSink, new_trace_id
+from wire.trace import TraceSink, new_trace_id
 from wire.transport import StreamState, Transport
 
 Req = TypeVar("Req")
@@ -136,7 +137,7 @@ class ClientConn:
             transport.connection.close()
             transport.kick()
             with trio.move_on_after(0.5):
-                await trio.sleep(0)  # let the writer send GOAWAY
+                await trio.lowlevel.checkpoint()  # let the writer send GOAWAY
             transport.abort("client connection closed")
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -163,13 +164,18 @@ class ClientConn:
         raises `RpcError`.
         """
         options = CallOptions(
-            timeout, metadata, compression if compression is not None else self.compression,
-            wait_for_ready, header, trailer,
+            timeout,
+            metadata,
+            compression if compression is not None else self.compression,
+            wait_for_ready,
+            header,
+            trailer,
         )
 
         async def base(method: str, request: Any, options: CallOptions) -> Any:
-            return await invoke(self, method, request, options,
-                                request_serializer, response_deserializer)
+            return await invoke(
+                self, method, request, options, request_serializer, response_deserializer
+            )
 
         invoker: UnaryInvoker = base
         for interceptor in reversed(self._interceptors):
@@ -203,7 +209,9 @@ class ClientConn:
         Leaving the block before the call ended cancels it.
         """
         options = CallOptions(
-            timeout, metadata, compression if compression is not None else self.compression,
+            timeout,
+            metadata,
+            compression if compression is not None else self.compression,
             wait_for_ready,
         )
         deadline = _deadline(options.timeout)
@@ -211,9 +219,7 @@ class ClientConn:
         with trio.CancelScope(deadline=deadline) as scope:
             transport = await self.get_transport(wait_for_ready)
             state = await new_stream(self, transport, method, options, deadline)
-            call = ClientCall(
-                transport, state, request_serializer, response_deserializer, method
-            )
+            call = ClientCall(transport, state, request_serializer, response_deserializer, method)
             try:
                 yield call
             finally:
@@ -259,10 +265,6 @@ class ClientConn:
         await self._nursery.start(transport.run)
         return transport
 
-    def tracer_for(self, transport: Transport) -> FrameTracer | None:
-        trace = transport.connection._trace
-        return trace
-
 
 class ClientCall(Generic[Req, Resp]):
     """One streaming call, as the client sees it (grpc-go `ClientStream`).
@@ -303,8 +305,9 @@ class ClientCall(Generic[Req, Resp]):
             raise RpcError(StatusCode.CANCELLED, "the call was cancelled")
         if state.ended is not None:
             return
-        await write(self._transport, state, encode(self._serialize, message),
-                    compress=compress, last=False)
+        await write(
+            self._transport, state, encode(self._serialize, message), compress=compress, last=False
+        )
 
     async def done_writing(self) -> None:
         """Half-close: no more requests (grpc-go `CloseSend`)."""
@@ -327,7 +330,8 @@ class ClientCall(Generic[Req, Resp]):
                 transport.connection.acknowledge_message(state.stream_id, message.wire_length)
                 if transport.connection.has_data_to_send():
                     transport.kick()
-                return _deserialize(self._deserialize, message.payload, self)
+                response: Resp = _deserialize(self._deserialize, message.payload, self)
+                return response
             if state.ended is not None:
                 if state.ended.code != StatusCode.OK:
                     raise state.ended.to_error(self._initial_or_none())
@@ -412,8 +416,9 @@ async def invoke(
     with trio.CancelScope(deadline=deadline) as scope:
         try:
             transport = await cc.get_transport(options.wait_for_ready)
-            state = await send_request(cc, transport, method, request, options, serializer,
-                                       deadline)
+            state = await send_request(
+                cc, transport, method, request, options, serializer, deadline
+            )
             return await recv_response(transport, state, deserializer, options)
         finally:
             if transport is not None and state is not None:
@@ -541,7 +546,9 @@ async def recv_response(
     return _deserialize(deserializer, state.messages.popleft().payload, None)
 
 
-def _deserialize(deserializer: Deserializer, payload: bytes, call: ClientCall[Any, Any] | None) -> Any:
+def _deserialize(
+    deserializer: Deserializer, payload: bytes, call: ClientCall[Any, Any] | None
+) -> Any:
     try:
         return deserializer(payload)
     except Exception as exc:  # a bad message from the peer, whatever the parser raises
@@ -574,8 +581,8 @@ __all__ = [
     "encode",
     "invoke",
     "new_stream",
+    "new_trace_id",
     "recv_response",
     "send_request",
     "write",
-    "new_trace_id",
 ]

@@ -29,6 +29,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -161,15 +162,17 @@ class GrpcConnection:
         self._ping_strikes = 0
         self._accept_encoding = accept_encoding_value().encode()
         self._user_agent = config.user_agent.encode()
-        self._trace = FrameTracer(tracer, "client" if config.client_side else "server") if (
-            tracer is not None
-        ) else None
+        self._trace = (
+            FrameTracer(tracer, "client" if config.client_side else "server")
+            if (tracer is not None)
+            else None
+        )
 
     # -- set-up ---------------------------------------------------------------------
 
     def initiate(self) -> None:
         """Queue the connection preface and our SETTINGS, and open the connection window."""
-        settings: dict[int, int] = {
+        settings: dict[h2.settings.SettingCodes | int, int] = {
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.config.stream_window,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: self.config.max_frame_size,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.config.max_header_list_size,
@@ -181,7 +184,8 @@ class GrpcConnection:
                 self.config.max_concurrent_streams
             )
         self._h2.local_settings = h2.settings.Settings(
-            client=self.client_side, initial_values=settings
+            client=self.client_side,
+            initial_values=settings,  # type: ignore[arg-type]  # h2 accepts plain ints
         )
         self._h2.initiate_connection()
         extra = self.config.connection_window - 65535
@@ -439,7 +443,10 @@ class GrpcConnection:
         self._h2.ping(data)
 
     def close(
-        self, error_code: int = _ERR.NO_ERROR, *, last_stream_id: int | None = None,
+        self,
+        error_code: int = _ERR.NO_ERROR,
+        *,
+        last_stream_id: int | None = None,
         debug: bytes = b"",
     ) -> None:
         """Queue a GOAWAY. No new streams are accepted or opened afterwards."""
@@ -460,9 +467,7 @@ class GrpcConnection:
 
     def finish_graceful_shutdown(self) -> None:
         """Second GOAWAY, naming the highest stream we will process."""
-        self._h2.close_connection(
-            _ERR.NO_ERROR, last_stream_id=self._h2.highest_inbound_stream_id
-        )
+        self._h2.close_connection(_ERR.NO_ERROR, last_stream_id=self._h2.highest_inbound_stream_id)
 
     def connection_lost(self, reason: str) -> list[ev.Event]:
         """The transport broke: every call ends (client UNAVAILABLE, server aborted)."""
@@ -482,10 +487,8 @@ class GrpcConnection:
             h2_events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             code = getattr(exc, "error_code", _ERR.PROTOCOL_ERROR)
-            try:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.close_connection(code, additional_data=str(exc).encode()[:200])
-            except h2.exceptions.ProtocolError:
-                pass
             return self._fail_all(f"HTTP/2 protocol error from peer: {exc}")
         out: list[ev.Event] = []
         handler = self._handle_client_event if self.client_side else self._handle_server_event
@@ -533,8 +536,10 @@ class GrpcConnection:
             if stream is not None and not stream.finished:
                 if not stream.decoder.at_message_boundary():
                     self._end_call(
-                        stream, StatusCode.INTERNAL,
-                        "server closed the stream in the middle of a message", out,
+                        stream,
+                        StatusCode.INTERNAL,
+                        "server closed the stream in the middle of a message",
+                        out,
                     )
                 else:
                     self._finish_from_headers(stream, event.headers, out)
@@ -547,11 +552,16 @@ class GrpcConnection:
             if stream is not None and not stream.finished:
                 stream.finished = True
                 code = status_from_rst_stream(event.error_code)
-                out.append(ev.ResponseEnded(
-                    stream.stream_id, code,
-                    f"stream terminated by RST_STREAM with error code: {_err_name(event.error_code)}",
-                    None, Metadata(),
-                ))
+                out.append(
+                    ev.ResponseEnded(
+                        stream.stream_id,
+                        code,
+                        "stream terminated by RST_STREAM with error code: "
+                        + _err_name(event.error_code),
+                        None,
+                        Metadata(),
+                    )
+                )
         elif not self._handle_common_event(event, out) and isinstance(
             event, h2.events.InformationalResponseReceived
         ):
@@ -577,10 +587,12 @@ class GrpcConnection:
                 code = status_from_rst_stream(event.error_code)
                 if event.error_code == _ERR.CANCEL:
                     code = StatusCode.CANCELLED
-                out.append(ev.RequestAborted(
-                    stream.stream_id,
-                    RpcError(code, f"client reset the stream ({_err_name(event.error_code)})"),
-                ))
+                out.append(
+                    ev.RequestAborted(
+                        stream.stream_id,
+                        RpcError(code, f"client reset the stream ({_err_name(event.error_code)})"),
+                    )
+                )
         elif isinstance(event, h2.events.TrailersReceived):
             # Clients have no trailers in gRPC; treat as end of request.
             stream = self._streams.get(event.stream_id)
@@ -629,7 +641,9 @@ class GrpcConnection:
             self._reject_http(stream, 405, f"invalid gRPC request method {method!r}")
             return
         if not path.startswith(b"/"):
-            self._reject_status(stream, StatusCode.UNIMPLEMENTED, f"malformed method name: {path!r}")
+            self._reject_status(
+                stream, StatusCode.UNIMPLEMENTED, f"malformed method name: {path!r}"
+            )
             return
         timeout: float | None = None
         try:
@@ -646,16 +660,18 @@ class GrpcConnection:
             self._reject_status(stream, exc.code, exc.message)
             return
         stream.recv_encoding = enc
-        out.append(ev.RequestReceived(
-            stream_id,
-            path.decode("utf-8", "replace"),
-            metadata,
-            timeout,
-            enc,
-            parse_accept_encoding(accept),
-            authority.decode("utf-8", "replace"),
-            content_type.decode("ascii", "replace"),
-        ))
+        out.append(
+            ev.RequestReceived(
+                stream_id,
+                path.decode("utf-8", "replace"),
+                metadata,
+                timeout,
+                enc,
+                parse_accept_encoding(accept),
+                authority.decode("utf-8", "replace"),
+                content_type.decode("ascii", "replace"),
+            )
+        )
         if stream.remote_closed:
             out.append(ev.RequestEnded(stream_id))
 
@@ -807,7 +823,9 @@ class GrpcConnection:
         stream.remote_closed = True
         if not stream.finished:
             self._end_call(
-                stream, StatusCode.INTERNAL, "server closed the stream without sending trailers",
+                stream,
+                StatusCode.INTERNAL,
+                "server closed the stream without sending trailers",
                 out,
             )
         self._forget_if_done(stream)
@@ -825,10 +843,15 @@ class GrpcConnection:
         if stream.finished:
             return
         stream.finished = True
-        out.append(ev.ResponseEnded(
-            stream.stream_id, code, message, details,
-            trailing if trailing is not None else Metadata(),
-        ))
+        out.append(
+            ev.ResponseEnded(
+                stream.stream_id,
+                code,
+                message,
+                details,
+                trailing if trailing is not None else Metadata(),
+            )
+        )
         if not stream.remote_closed:
             # We end the call before the server did (a local decision): stop the stream.
             self._reset(stream.stream_id, _ERR.CANCEL)
@@ -861,11 +884,12 @@ class GrpcConnection:
                 wire_length = len(message.payload) + 5
                 stream.unconsumed += wire_length
                 if self._trace is not None:
-                    self._trace.message_in(stream.stream_id, len(message.payload),
-                                           len(payload), message.compressed)
-                out.append(ev.MessageReceived(
-                    stream.stream_id, payload, wire_length, message.compressed
-                ))
+                    self._trace.message_in(
+                        stream.stream_id, len(message.payload), len(payload), message.compressed
+                    )
+                out.append(
+                    ev.MessageReceived(stream.stream_id, payload, wire_length, message.compressed)
+                )
         except RpcError as exc:
             if self.client_side:
                 self._end_call(stream, exc.code, exc.message, out)
@@ -882,10 +906,10 @@ class GrpcConnection:
         if stream.remote_closed or stream.finished:
             stream.credited += owed
             return
-        try:
+        with contextlib.suppress(
+            h2.exceptions.StreamClosedError, KeyError, h2.exceptions.ProtocolError
+        ):
             self._h2.increment_flow_control_window(owed, stream.stream_id)
-        except (h2.exceptions.StreamClosedError, KeyError, h2.exceptions.ProtocolError):
-            pass
         stream.credited += owed
 
     def _sendable(self, stream_id: int) -> int:
@@ -947,44 +971,56 @@ class GrpcConnection:
             self._streams.pop(stream.stream_id, None)
 
     def _reset(self, stream_id: int, error_code: int) -> None:
-        try:
+        with contextlib.suppress(
+            h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError
+        ):
             self._h2.reset_stream(stream_id, error_code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-            pass
 
     # -- connection-level ---------------------------------------------------------------
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated, out: list[ev.Event]) -> None:
         last = event.last_stream_id if event.last_stream_id is not None else 0
-        goaway = ev.GoAwayReceived(last, int(event.error_code), event.additional_data or b"")
+        error_code = int(event.error_code) if event.error_code is not None else 0
+        goaway = ev.GoAwayReceived(last, error_code, event.additional_data or b"")
         self._goaway_received = goaway
         if self.client_side:
             for stream in list(self._streams.values()):
                 if stream.stream_id > last and not stream.finished:
                     stream.finished = True
                     self._streams.pop(stream.stream_id, None)
-                    out.append(ev.ResponseEnded(
-                        stream.stream_id, StatusCode.UNAVAILABLE,
-                        "the connection is draining (GOAWAY); the call was not processed",
-                        None, Metadata(),
-                    ))
+                    out.append(
+                        ev.ResponseEnded(
+                            stream.stream_id,
+                            StatusCode.UNAVAILABLE,
+                            "the connection is draining (GOAWAY); the call was not processed",
+                            None,
+                            Metadata(),
+                        )
+                    )
         out.append(goaway)
-        if event.error_code != _ERR.NO_ERROR:
+        if error_code != _ERR.NO_ERROR:
             # A GOAWAY with an error closes the connection: streams at or below
             # last-stream-id will never complete either.
-            out.extend(self._fail_all(
-                f"connection closed by peer with GOAWAY ({_err_name(event.error_code)})"
-                + (f": {event.additional_data.decode('utf-8', 'replace')}"
-                   if event.additional_data else "")
-            ))
+            out.extend(
+                self._fail_all(
+                    f"connection closed by peer with GOAWAY ({_err_name(error_code)})"
+                    + (
+                        f": {event.additional_data.decode('utf-8', 'replace')}"
+                        if event.additional_data
+                        else ""
+                    )
+                )
+            )
 
     def _police_ping(self) -> None:
         policy = self.config.keepalive
         if policy is None or self.client_side:
             return
         now = self.config.clock()
-        interval = policy.min_time if (self._streams or policy.permit_without_calls) else (
-            policy.idle_min_time
+        interval = (
+            policy.min_time
+            if (self._streams or policy.permit_without_calls)
+            else (policy.idle_min_time)
         )
         if self._last_ping_at is not None and now - self._last_ping_at < interval:
             self._ping_strikes += 1
@@ -1000,13 +1036,15 @@ class GrpcConnection:
             if stream.finished and self.client_side:
                 continue
             if self.client_side:
-                out.append(ev.ResponseEnded(
-                    stream.stream_id, StatusCode.UNAVAILABLE, reason, None, Metadata()
-                ))
+                out.append(
+                    ev.ResponseEnded(
+                        stream.stream_id, StatusCode.UNAVAILABLE, reason, None, Metadata()
+                    )
+                )
             else:
-                out.append(ev.RequestAborted(
-                    stream.stream_id, RpcError(StatusCode.UNAVAILABLE, reason)
-                ))
+                out.append(
+                    ev.RequestAborted(stream.stream_id, RpcError(StatusCode.UNAVAILABLE, reason))
+                )
             stream.finished = True
         self._streams.clear()
         out.append(ev.ConnectionFailed(reason))

@@ -10,6 +10,7 @@ encodings, trailers, resets) belong to the sans-I/O connection, not here.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import inspect
 import logging
@@ -24,6 +25,7 @@ from typing import Any, NoReturn
 
 import h2.errors
 import trio
+import trio.lowlevel
 
 from wire import events as ev
 from wire.connection import ConnectionConfig, GrpcConnection, KeepalivePolicy
@@ -79,23 +81,35 @@ class MethodInfo:
     cardinality: Cardinality
 
 
-def unary_unary(handler: Callable[..., Any], deserializer: Callable[[bytes], Any] | None = None,
-                serializer: Callable[[Any], bytes] | None = None) -> MethodHandler:
+def unary_unary(
+    handler: Callable[..., Any],
+    deserializer: Callable[[bytes], Any] | None = None,
+    serializer: Callable[[Any], bytes] | None = None,
+) -> MethodHandler:
     return MethodHandler(Cardinality.UNARY_UNARY, handler, deserializer, serializer)
 
 
-def unary_stream(handler: Callable[..., Any], deserializer: Callable[[bytes], Any] | None = None,
-                 serializer: Callable[[Any], bytes] | None = None) -> MethodHandler:
+def unary_stream(
+    handler: Callable[..., Any],
+    deserializer: Callable[[bytes], Any] | None = None,
+    serializer: Callable[[Any], bytes] | None = None,
+) -> MethodHandler:
     return MethodHandler(Cardinality.UNARY_STREAM, handler, deserializer, serializer)
 
 
-def stream_unary(handler: Callable[..., Any], deserializer: Callable[[bytes], Any] | None = None,
-                 serializer: Callable[[Any], bytes] | None = None) -> MethodHandler:
+def stream_unary(
+    handler: Callable[..., Any],
+    deserializer: Callable[[bytes], Any] | None = None,
+    serializer: Callable[[Any], bytes] | None = None,
+) -> MethodHandler:
     return MethodHandler(Cardinality.STREAM_UNARY, handler, deserializer, serializer)
 
 
-def stream_stream(handler: Callable[..., Any], deserializer: Callable[[bytes], Any] | None = None,
-                  serializer: Callable[[Any], bytes] | None = None) -> MethodHandler:
+def stream_stream(
+    handler: Callable[..., Any],
+    deserializer: Callable[[bytes], Any] | None = None,
+    serializer: Callable[[Any], bytes] | None = None,
+) -> MethodHandler:
     return MethodHandler(Cardinality.STREAM_STREAM, handler, deserializer, serializer)
 
 
@@ -172,8 +186,9 @@ class ServerCall:
         self._transport.kick()
         await trio.lowlevel.checkpoint()
 
-    def abort(self, code: StatusCode, message: str = "", *,
-              details: StatusDetails | None = None) -> NoReturn:
+    def abort(
+        self, code: StatusCode, message: str = "", *, details: StatusDetails | None = None
+    ) -> NoReturn:
         """End the call with this status (raises; do not catch it)."""
         raise RpcError(code, message, details=details)
 
@@ -242,15 +257,16 @@ class ServerCall:
         encoding = self._compression
         if encoding is not None and encoding not in self._request.accept_encoding:
             encoding = None  # never compress with an encoding the client did not accept
-        self._transport.connection.send_headers(
-            self._state.stream_id, metadata, encoding=encoding
-        )
+        self._transport.connection.send_headers(self._state.stream_id, metadata, encoding=encoding)
 
     def _finish(self, code: StatusCode, message: str, details: StatusDetails | None) -> None:
         if self._state.aborted is not None:
             return
         self._transport.connection.send_trailers(
-            self._state.stream_id, code, message, details=details,
+            self._state.stream_id,
+            code,
+            message,
+            details=details,
             metadata=self._trailing or None,
         )
         self._transport.kick()
@@ -259,10 +275,10 @@ class ServerCall:
 class Server:
     """A gRPC server on trio.
 
-        server = Server()
-        server.add_method("/pkg.Svc/Echo", unary_unary(echo))
-        async with trio.open_nursery() as nursery:
-            port = (await nursery.start(server.serve_tcp, 0))
+    server = Server()
+    server.add_method("/pkg.Svc/Echo", unary_unary(echo))
+    async with trio.open_nursery() as nursery:
+        port = (await nursery.start(server.serve_tcp, 0))
     """
 
     def __init__(
@@ -338,8 +354,9 @@ class Server:
         """Serve on TCP; `task_status.started(port)` reports the bound port."""
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
-        await self.serve_listeners(listeners, ssl_context=ssl_context,
-                                   task_status=task_status, started_value=bound)
+        await self.serve_listeners(
+            listeners, ssl_context=ssl_context, task_status=task_status, started_value=bound
+        )
 
     async def serve_unix(
         self,
@@ -349,10 +366,7 @@ class Server:
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve on a unix socket at `path` (created with `mode`; a stale one is replaced)."""
-        if os.path.lexists(path):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise FileExistsError(f"{path} exists and is not a socket")
-            os.unlink(path)
+        _remove_stale_socket(path)
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         old_umask = os.umask(0o777 & ~mode)
         try:
@@ -365,9 +379,8 @@ class Server:
         try:
             await self.serve_listeners([listener], task_status=task_status, started_value=path)
         finally:
-            with trio.CancelScope(shield=True):
-                if os.path.exists(path):
-                    os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     async def serve_listeners(
         self,
@@ -496,15 +509,17 @@ class Server:
             raise RpcError(StatusCode.INTERNAL, "client sent no request message")
         if handler.cardinality is Cardinality.UNARY_UNARY:
             unary_fn: UnaryHandler = partial(_run_unary_handler, handler)
-            for interceptor in reversed(self._interceptors):
-                unary_fn = _bind_unary_interceptor(interceptor, info, unary_fn)
+            for unary_interceptor in reversed(self._interceptors):
+                unary_fn = _bind_unary_interceptor(unary_interceptor, info, unary_fn)
             response = await unary_fn(request, call)
             await call.send_message(response)
         else:
-            stream_fn = partial(_run_server_stream_handler, handler, request)
-            for interceptor in reversed(self._stream_interceptors):
-                stream_fn = _bind_stream_interceptor(interceptor, info, stream_fn)
-            await stream_fn(call)
+            server_stream_fn: StreamHandler = partial(_run_server_stream_handler, handler, request)
+            for stream_interceptor in reversed(self._stream_interceptors):
+                server_stream_fn = _bind_stream_interceptor(
+                    stream_interceptor, info, server_stream_fn
+                )
+            await server_stream_fn(call)
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -537,12 +552,22 @@ class Server:
         if not transport.closed:
             transport.connection.finish_graceful_shutdown()
             transport.kick()
-        while any(t is transport for t, _ in self._calls):
-            await trio.sleep(0.01)
+        await transport.wait_idle()
         transport.connection.close()
-        transport.kick()
-        await trio.sleep(0)
+        with trio.move_on_after(1):
+            await transport.wait_flushed()
         transport.abort("server shut down")
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket file left by an earlier server is replaced; any other file is not."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    os.unlink(path)
 
 
 def _cancel_call(call: ServerCall, error: RpcError) -> None:
@@ -553,8 +578,9 @@ async def _run_unary_handler(handler: MethodHandler, request: Any, call: ServerC
     return await handler.handler(request, call)
 
 
-async def _run_server_stream_handler(handler: MethodHandler, request: Any,
-                                     call: ServerCall) -> None:
+async def _run_server_stream_handler(
+    handler: MethodHandler, request: Any, call: ServerCall
+) -> None:
     await _drive(handler.handler(request, call), call)
 
 
@@ -578,16 +604,18 @@ async def _drive(result: Any, call: ServerCall) -> None:
         await result
 
 
-def _bind_unary_interceptor(interceptor: UnaryServerInterceptor, info: MethodInfo,
-                            handler: UnaryHandler) -> UnaryHandler:
+def _bind_unary_interceptor(
+    interceptor: UnaryServerInterceptor, info: MethodInfo, handler: UnaryHandler
+) -> UnaryHandler:
     async def call(request: Any, server_call: ServerCall) -> Any:
         return await interceptor(request, server_call, info, handler)
 
     return call
 
 
-def _bind_stream_interceptor(interceptor: StreamServerInterceptor, info: MethodInfo,
-                             handler: StreamHandler) -> StreamHandler:
+def _bind_stream_interceptor(
+    interceptor: StreamServerInterceptor, info: MethodInfo, handler: StreamHandler
+) -> StreamHandler:
     async def call(server_call: ServerCall) -> Any:
         return await interceptor(server_call, info, handler)
 

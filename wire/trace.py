@@ -21,8 +21,15 @@ from typing import Protocol
 import hpack
 
 FRAME_TYPES = {
-    0x0: "DATA", 0x1: "HEADERS", 0x2: "PRIORITY", 0x3: "RST_STREAM", 0x4: "SETTINGS",
-    0x5: "PUSH_PROMISE", 0x6: "PING", 0x7: "GOAWAY", 0x8: "WINDOW_UPDATE",
+    0x0: "DATA",
+    0x1: "HEADERS",
+    0x2: "PRIORITY",
+    0x3: "RST_STREAM",
+    0x4: "SETTINGS",
+    0x5: "PUSH_PROMISE",
+    0x6: "PING",
+    0x7: "GOAWAY",
+    0x8: "WINDOW_UPDATE",
     0x9: "CONTINUATION",
 }
 _FLAG_NAMES = {
@@ -33,8 +40,12 @@ _FLAG_NAMES = {
     "CONTINUATION": {0x4: "END_HEADERS"},
 }
 _SETTING_NAMES = {
-    1: "HEADER_TABLE_SIZE", 2: "ENABLE_PUSH", 3: "MAX_CONCURRENT_STREAMS",
-    4: "INITIAL_WINDOW_SIZE", 5: "MAX_FRAME_SIZE", 6: "MAX_HEADER_LIST_SIZE",
+    1: "HEADER_TABLE_SIZE",
+    2: "ENABLE_PUSH",
+    3: "MAX_CONCURRENT_STREAMS",
+    4: "INITIAL_WINDOW_SIZE",
+    5: "MAX_FRAME_SIZE",
+    6: "MAX_HEADER_LIST_SIZE",
 }
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _ids = itertools.count(1)
@@ -98,31 +109,75 @@ class FrameTracer:
         self._frames("in", data)
 
     def message_out(self, stream_id: int, wire_length: int, compressed: bool) -> None:
-        self.sink.emit(TraceEvent(
-            time.monotonic_ns(), self.side, "message", "message", "out", self.conn_id, stream_id,
-            attrs={"compressed": compressed, "length": wire_length, "prefix": 5},
-        ))
+        self.sink.emit(
+            TraceEvent(
+                time.monotonic_ns(),
+                self.side,
+                "message",
+                "message",
+                "out",
+                self.conn_id,
+                stream_id,
+                attrs={"compressed": compressed, "length": wire_length, "prefix": 5},
+            )
+        )
 
     def message_in(self, stream_id: int, wire_length: int, length: int, compressed: bool) -> None:
-        self.sink.emit(TraceEvent(
-            time.monotonic_ns(), self.side, "message", "message", "in", self.conn_id, stream_id,
-            attrs={"compressed": compressed, "length": wire_length, "uncompressed_length": length},
-        ))
+        self.sink.emit(
+            TraceEvent(
+                time.monotonic_ns(),
+                self.side,
+                "message",
+                "message",
+                "in",
+                self.conn_id,
+                stream_id,
+                attrs={
+                    "compressed": compressed,
+                    "length": wire_length,
+                    "uncompressed_length": length,
+                },
+            )
+        )
 
-    def step(self, name: str, phase: str, stream_id: int | None = None,
-             call_id: str | None = None, **attrs: object) -> None:
-        self.sink.emit(TraceEvent(
-            time.monotonic_ns(), self.side, "step", name, phase, self.conn_id, stream_id,
-            call_id, dict(attrs),
-        ))
+    def step(
+        self,
+        name: str,
+        phase: str,
+        stream_id: int | None = None,
+        call_id: str | None = None,
+        **attrs: object,
+    ) -> None:
+        self.sink.emit(
+            TraceEvent(
+                time.monotonic_ns(),
+                self.side,
+                "step",
+                name,
+                phase,
+                self.conn_id,
+                stream_id,
+                call_id,
+                dict(attrs),
+            )
+        )
 
     def _frames(self, direction: str, data: bytes) -> None:
         now = time.monotonic_ns()
         for frame in self._streams[direction].feed(data):
             name, stream_id, attrs = frame
-            self.sink.emit(TraceEvent(
-                now, self.side, "frame", name, direction, self.conn_id, stream_id, attrs=attrs,
-            ))
+            self.sink.emit(
+                TraceEvent(
+                    now,
+                    self.side,
+                    "frame",
+                    name,
+                    direction,
+                    self.conn_id,
+                    stream_id,
+                    attrs=attrs,
+                )
+            )
 
 
 class _FrameReader:
@@ -177,7 +232,7 @@ class _FrameReader:
                 self._header_frame = (name, stream_id, attrs)
             self._header_block += block
             if not flags & 0x4:
-                return None if name == "CONTINUATION" else None
+                return None
             head = self._header_frame or (name, stream_id, attrs)
             try:
                 decoded = self._decoder.decode(bytes(self._header_block), raw=True)
@@ -196,8 +251,9 @@ class _FrameReader:
         elif name == "SETTINGS":
             attrs["settings"] = {
                 _SETTING_NAMES.get(k, str(k)): v
-                for k, v in (struct.unpack(">HI", payload[i : i + 6])
-                             for i in range(0, len(payload) - 5, 6))
+                for k, v in (
+                    struct.unpack(">HI", payload[i : i + 6]) for i in range(0, len(payload) - 5, 6)
+                )
             }
         elif name == "WINDOW_UPDATE" and len(payload) >= 4:
             attrs["increment"] = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
@@ -219,10 +275,20 @@ def _show_value(name: bytes, value: bytes) -> str:
 
 
 _ERROR_NAMES = {
-    0x0: "NO_ERROR", 0x1: "PROTOCOL_ERROR", 0x2: "INTERNAL_ERROR", 0x3: "FLOW_CONTROL_ERROR",
-    0x4: "SETTINGS_TIMEOUT", 0x5: "STREAM_CLOSED", 0x6: "FRAME_SIZE_ERROR",
-    0x7: "REFUSED_STREAM", 0x8: "CANCEL", 0x9: "COMPRESSION_ERROR", 0xA: "CONNECT_ERROR",
-    0xB: "ENHANCE_YOUR_CALM", 0xC: "INADEQUATE_SECURITY", 0xD: "HTTP_1_1_REQUIRED",
+    0x0: "NO_ERROR",
+    0x1: "PROTOCOL_ERROR",
+    0x2: "INTERNAL_ERROR",
+    0x3: "FLOW_CONTROL_ERROR",
+    0x4: "SETTINGS_TIMEOUT",
+    0x5: "STREAM_CLOSED",
+    0x6: "FRAME_SIZE_ERROR",
+    0x7: "REFUSED_STREAM",
+    0x8: "CANCEL",
+    0x9: "COMPRESSION_ERROR",
+    0xA: "CONNECT_ERROR",
+    0xB: "ENHANCE_YOUR_CALM",
+    0xC: "INADEQUATE_SECURITY",
+    0xD: "HTTP_1_1_REQUIRED",
 }
 
 

@@ -66,6 +66,8 @@ class Transport:
         self.streams: dict[int, StreamState] = {}
         self._on_request = on_request
         self._writer_lot = trio.lowlevel.ParkingLot()
+        self._flushed_lot = trio.lowlevel.ParkingLot()
+        self._idle_lot = trio.lowlevel.ParkingLot()
         self._window_lot = trio.lowlevel.ParkingLot()
         self._capacity_lot = trio.lowlevel.ParkingLot()
         self._ping_waiters: dict[bytes, trio.Event] = {}
@@ -120,6 +122,8 @@ class Transport:
         """The application is done with a stream: forget it, let a queued stream start."""
         if self.streams.pop(stream_id, None) is not None:
             self._capacity_lot.unpark_all()
+        if not self.streams:
+            self._idle_lot.unpark_all()
         if not self.streams and not self.closed and not self.connection.is_usable:
             # Draining after GOAWAY and nothing left to finish: close.
             self.kick()
@@ -139,6 +143,17 @@ class Transport:
             if self.closed or state.ended is not None or state.aborted is not None:
                 return
             await self._window_lot.park()
+
+    async def wait_flushed(self) -> None:
+        """Wait until the writer has handed every queued byte to the stream."""
+        while self.connection.has_data_to_send() and not self.closed:
+            self.kick()
+            await self._flushed_lot.park()
+
+    async def wait_idle(self) -> None:
+        """Wait until no stream is in use on this connection."""
+        while self.streams and not self.closed:
+            await self._idle_lot.park()
 
     async def wait_stream(self, state: StreamState) -> None:
         """Park until something happens on this stream."""
@@ -165,6 +180,8 @@ class Transport:
                 data = conn.data_to_send()
                 if data:
                     await send_all(data)
+                    if not conn.has_data_to_send():
+                        self._flushed_lot.unpark_all()
                 else:
                     if conn.failure is not None or self.closed:
                         break
@@ -181,17 +198,16 @@ class Transport:
                 data = await receive(RECEIVE_SIZE)
                 if not data:
                     break
-                events = conn.receive_data(data)
+                events = conn.receive_data(bytes(data))
                 if events:
                     self._dispatch(events)
                 if conn.has_data_to_send():
                     self.kick()
                 if conn.failure is not None:
                     reason = conn.failure
-                    # Let the writer flush a GOAWAY, then end.
+                    # Give the writer a moment to flush our GOAWAY, then end.
                     with trio.move_on_after(1):
-                        while conn.has_data_to_send():
-                            await trio.sleep(0.001)
+                        await self.wait_flushed()
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reason = f"connection lost: {exc}"
@@ -269,6 +285,8 @@ class Transport:
         self._window_lot.unpark_all()
         self._capacity_lot.unpark_all()
         self._writer_lot.unpark_all()
+        self._flushed_lot.unpark_all()
+        self._idle_lot.unpark_all()
         for waiter in self._ping_waiters.values():
             waiter.set()
         self.drained.set()

@@ -1,0 +1,1 @@
+"""Messages of CRIU's swrk RPC protocol, generated from rpc.proto; no logic of its own."""

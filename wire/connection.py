@@ -57,6 +57,7 @@ from wire.metadata import (
     InvalidMetadata,
     InvalidTimeout,
     Metadata,
+    decode_binary_value,
     decode_metadata,
     decode_timeout,
     encode_metadata,
@@ -67,6 +68,7 @@ from wire.status import (
     StatusDetails,
     decode_grpc_message,
     encode_grpc_message,
+    parse_grpc_status,
     status_from_http_status,
     status_from_rst_stream,
 )
@@ -794,29 +796,21 @@ class GrpcConnection:
             self._end_call(stream, code, message, out)
             return
         try:
-            code = StatusCode(int(status_raw))
+            code = parse_grpc_status(status_raw)
         except ValueError:
-            code = StatusCode.UNKNOWN
-            message = message or f"invalid grpc-status {status_raw!r}"
+            self._end_call(stream, StatusCode.INTERNAL, f"malformed grpc-status {status_raw!r}", out)
+            return
         try:
             trailing = decode_metadata(headers)
         except InvalidMetadata as exc:
             self._end_call(stream, StatusCode.INTERNAL, f"bad trailing metadata: {exc}", out)
             return
-        raw_details = trailing.get("grpc-status-details-bin")
-        if raw_details is None:
-            for name, value in headers:
-                if name == b"grpc-status-details-bin":
-                    try:
-                        md = decode_metadata([(name, value)])
-                    except InvalidMetadata:
-                        break
-                    raw_details = md.get("grpc-status-details-bin")
-        if isinstance(raw_details, bytes):
-            try:
-                details = StatusDetails.from_bytes(raw_details)
-            except ValueError:
-                details = None
+        for name, value in headers:
+            if name == b"grpc-status-details-bin":
+                try:
+                    details = StatusDetails.from_bytes(decode_binary_value(value, "details"))
+                except ValueError:  # InvalidMetadata too: bad details never hide the status
+                    details = None
         self._end_call(stream, code, message, out, details=details, trailing=trailing)
 
     def _client_stream_ended(self, stream: _Stream, out: list[ev.Event]) -> None:

@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -156,6 +157,11 @@ class GrpcConnection:
             )
         )
         self._streams: dict[int, _Stream] = {}
+        self._accept_up_to = GOAWAY_DRAIN_STREAM_ID
+        frame_table = self._h2._frame_dispatch_table
+        for frame_type in list(frame_table):
+            if frame_type.__name__ == "GoAwayFrame":
+                frame_table[frame_type] = self._receive_goaway_frame
         self._conn_uncredited = 0
         self._goaway_received: ev.GoAwayReceived | None = None
         self._goaway_sent = False
@@ -451,11 +457,17 @@ class GrpcConnection:
         last_stream_id: int | None = None,
         debug: bytes = b"",
     ) -> None:
-        """Queue a GOAWAY. No new streams are accepted or opened afterwards."""
+        """Queue a GOAWAY. No new streams are accepted or opened afterwards.
+
+        With NO_ERROR, streams up to `last_stream_id` (default: the highest the peer
+        opened) go on to completion (RFC 9113 §6.8); with an error code, the
+        connection is over and every call ends now.
+        """
         if self._failed is not None:
             return
-        self._goaway_sent = True
-        self._h2.close_connection(error_code, additional_data=debug, last_stream_id=last_stream_id)
+        if last_stream_id is None:
+            last_stream_id = self._h2.highest_inbound_stream_id
+        self._send_goaway(error_code, last_stream_id, debug)
 
     def start_graceful_shutdown(self, ping_data: bytes) -> None:
         """First half of the two-GOAWAY drain: GOAWAY(2^31-1) and a PING.
@@ -463,13 +475,13 @@ class GrpcConnection:
         When the PING is acknowledged, call `finish_graceful_shutdown`: by then every
         stream the client started before seeing the first GOAWAY has reached us.
         """
-        self._h2.close_connection(_ERR.NO_ERROR, last_stream_id=GOAWAY_DRAIN_STREAM_ID)
-        self._goaway_sent = True
+        self._send_goaway(_ERR.NO_ERROR, GOAWAY_DRAIN_STREAM_ID, b"")
         self._h2.ping(ping_data)
 
     def finish_graceful_shutdown(self) -> None:
         """Second GOAWAY, naming the highest stream we will process."""
-        self._h2.close_connection(_ERR.NO_ERROR, last_stream_id=self._h2.highest_inbound_stream_id)
+        if self._failed is None:
+            self._send_goaway(_ERR.NO_ERROR, self._h2.highest_inbound_stream_id, b"")
 
     def connection_lost(self, reason: str) -> list[ev.Event]:
         """The transport broke: every call ends (client UNAVAILABLE, server aborted)."""
@@ -513,7 +525,7 @@ class GrpcConnection:
         elif isinstance(event, h2.events.PingAckReceived):
             out.append(ev.PingAcknowledged(event.ping_data))
         elif isinstance(event, h2.events.PingReceived):
-            self._police_ping()
+            self._police_ping(out)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._on_goaway(event, out)
         else:
@@ -607,7 +619,9 @@ class GrpcConnection:
 
     def _on_request(self, event: h2.events.RequestReceived, out: list[ev.Event]) -> None:
         stream_id = event.stream_id
-        if self._goaway_sent and self._h2_refuses_new(stream_id):
+        if stream_id > self._accept_up_to:
+            # After our final GOAWAY: the client learns from it that this stream was
+            # not processed, and may retry it elsewhere.
             self._reset(stream_id, _ERR.REFUSED_STREAM)
             return
         method = path = authority = b""
@@ -676,11 +690,6 @@ class GrpcConnection:
         )
         if stream.remote_closed:
             out.append(ev.RequestEnded(stream_id))
-
-    def _h2_refuses_new(self, stream_id: int) -> bool:
-        # After the final GOAWAY h2 itself knows the last id; during the drain phase
-        # (GOAWAY 2^31-1) streams are still accepted.
-        return False
 
     def _reject_http(self, stream: _Stream, http_status: int, message: str) -> None:
         headers = [
@@ -798,7 +807,9 @@ class GrpcConnection:
         try:
             code = parse_grpc_status(status_raw)
         except ValueError:
-            self._end_call(stream, StatusCode.INTERNAL, f"malformed grpc-status {status_raw!r}", out)
+            self._end_call(
+                stream, StatusCode.INTERNAL, f"malformed grpc-status {status_raw!r}", out
+            )
             return
         try:
             trailing = decode_metadata(headers)
@@ -964,6 +975,30 @@ class GrpcConnection:
         if stream.finished and (stream.local_closed or self.client_side) and stream.remote_closed:
             self._streams.pop(stream.stream_id, None)
 
+    def _send_goaway(self, error_code: int, last_stream_id: int, debug: bytes) -> None:
+        self._goaway_sent = True
+        self._accept_up_to = min(self._accept_up_to, last_stream_id)
+        state_before = self._h2.state_machine.state
+        self._h2.close_connection(error_code, additional_data=debug, last_stream_id=last_stream_id)
+        if error_code == _ERR.NO_ERROR:
+            # h2 treats any GOAWAY as the end of the connection and would refuse every
+            # later frame; RFC 9113 §6.8 lets the streams already accepted finish.
+            self._h2.state_machine.state = state_before
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
+        """Stands in for h2's GOAWAY handling, which closes the whole connection and
+        drops queued bytes; here the streams at or below last-stream-id go on."""
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        if frame.error_code != _ERR.NO_ERROR:
+            self._h2.state_machine.process_input(h2.connection.ConnectionInputs.RECV_GOAWAY)
+        return [], [event]
+
     def _reset(self, stream_id: int, error_code: int) -> None:
         with contextlib.suppress(
             h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError
@@ -1006,7 +1041,7 @@ class GrpcConnection:
                 )
             )
 
-    def _police_ping(self) -> None:
+    def _police_ping(self, out: list[ev.Event]) -> None:
         policy = self.config.keepalive
         if policy is None or self.client_side:
             return
@@ -1019,8 +1054,11 @@ class GrpcConnection:
         if self._last_ping_at is not None and now - self._last_ping_at < interval:
             self._ping_strikes += 1
             if self._ping_strikes > policy.max_strikes:
-                self._h2.close_connection(_ERR.ENHANCE_YOUR_CALM, additional_data=b"too_many_pings")
-                self._goaway_sent = True
+                self._send_goaway(
+                    _ERR.ENHANCE_YOUR_CALM, self._h2.highest_inbound_stream_id, b"too_many_pings"
+                )
+                out.extend(self._fail_all("too many pings from the client (GOAWAY sent)"))
+                return
         self._last_ping_at = now
 
     def _fail_all(self, reason: str) -> list[ev.Event]:

@@ -147,6 +147,7 @@ class ServerCall:
         self._trailing = Metadata()
         self._compression: str | None = server.compression
         self._headers_sent = False
+        self._last_message_compressed = False
         self.scope = trio.CancelScope(deadline=self.deadline)
 
     # -- context ------------------------------------------------------------------------
@@ -158,6 +159,15 @@ class ServerCall:
     @property
     def request_encoding(self) -> str | None:
         return self._request.encoding
+
+    @property
+    def last_message_compressed(self) -> bool:
+        """Whether the request message received last had its compressed flag set.
+
+        The flag is per message: a client may send some messages of a `gzip` stream
+        uncompressed. The interop case `client_compressed_unary` checks exactly this.
+        """
+        return self._last_message_compressed
 
     def time_remaining(self) -> float | None:
         if math.isinf(self.deadline):
@@ -201,6 +211,7 @@ class ServerCall:
         while True:
             if state.messages:
                 message = state.messages.popleft()
+                self._last_message_compressed = message.compressed
                 connection.acknowledge_message(state.stream_id, message.wire_length)
                 if connection.has_data_to_send():
                     self._transport.kick()
@@ -232,6 +243,13 @@ class ServerCall:
 
     async def send_message(self, message: Any, *, compress: bool = True) -> None:
         """Send one response message; waits while the client's window is full."""
+        if self._queue_message(message, compress):
+            await self._transport.wait_writable(self._state)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _queue_message(self, message: Any, compress: bool) -> int:
+        """Queue one response message (no I/O); returns the bytes waiting for window."""
         state = self._state
         if state.aborted is not None:
             raise state.aborted
@@ -243,10 +261,7 @@ class ServerCall:
             state.stream_id, payload, compress=compress
         )
         self._transport.kick()
-        if pending:
-            await self._transport.wait_writable(state)
-        else:
-            await trio.lowlevel.checkpoint()
+        return pending
 
     # -- internals ----------------------------------------------------------------------
 
@@ -512,7 +527,10 @@ class Server:
             for unary_interceptor in reversed(self._interceptors):
                 unary_fn = _bind_unary_interceptor(unary_interceptor, info, unary_fn)
             response = await unary_fn(request, call)
-            await call.send_message(response)
+            # No checkpoint between the reply and its trailers: they leave together,
+            # in one write, unless the client's window holds the reply back.
+            if call._queue_message(response, True):
+                await call._transport.wait_writable(call._state)
         else:
             server_stream_fn: StreamHandler = partial(_run_server_stream_handler, handler, request)
             for stream_interceptor in reversed(self._stream_interceptors):

@@ -11,8 +11,9 @@ from wire.status import StatusCode, StatusDetails
 class Link:
     """A client and a server connection joined by byte-shuffling, no I/O."""
 
-    def __init__(self, client_cfg: ConnectionConfig | None = None,
-                 server_cfg: ConnectionConfig | None = None) -> None:
+    def __init__(
+        self, client_cfg: ConnectionConfig | None = None, server_cfg: ConnectionConfig | None = None
+    ) -> None:
         self.client = GrpcConnection(client_cfg or ConnectionConfig(client_side=True))
         self.server = GrpcConnection(server_cfg or ConnectionConfig(client_side=False))
         self.client.initiate()
@@ -77,8 +78,9 @@ def test_error_status_with_details_survives_the_round_trip() -> None:
     link.client.send_message(sid, b"", end_stream=True)
     link.pump()
     details = StatusDetails(StatusCode.FAILED_PRECONDITION, "not running", ())
-    link.server.send_trailers(sid, StatusCode.FAILED_PRECONDITION, "Container x not running 100%",
-                              details=details)
+    link.server.send_trailers(
+        sid, StatusCode.FAILED_PRECONDITION, "Container x not running 100%", details=details
+    )
     link.pump()
     (end,) = link.take("client", ev.ResponseEnded)
     assert isinstance(end, ev.ResponseEnded)
@@ -114,8 +116,7 @@ def test_compressed_messages_both_ways_and_per_message_opt_out() -> None:
 def test_unread_stream_holds_only_its_own_window() -> None:
     """Messages the application has not consumed keep their stream window closed,
     but the connection window is credited as bytes arrive, so other streams go on."""
-    cfg = ConnectionConfig(client_side=False, stream_window=64 * 1024,
-                           connection_window=128 * 1024)
+    cfg = ConnectionConfig(client_side=False, stream_window=64 * 1024, connection_window=128 * 1024)
     link = Link(server_cfg=cfg)
     slow = link.client.start_request("/p.S/Slow", authority="a")
     chunk = b"x" * 16_000
@@ -129,8 +130,7 @@ def test_unread_stream_holds_only_its_own_window() -> None:
     fast = link.client.start_request("/p.S/Fast", authority="a")
     link.client.send_message(fast, chunk * 3, end_stream=True)
     link.pump()
-    fast_msgs = [m for m in link.take("server", ev.MessageReceived)
-                 if m.stream_id == fast]  # type: ignore[attr-defined]
+    fast_msgs = [m for m in link.take("server", ev.MessageReceived) if m.stream_id == fast]  # type: ignore[attr-defined]
     assert len(fast_msgs) == 1
     # Consuming the slow stream's messages lets the rest of it through.
     for m in received:
@@ -187,8 +187,9 @@ def test_connection_lost_ends_every_call() -> None:
     events = link.client.connection_lost("peer vanished")
     ended = [e for e in events if isinstance(e, ev.ResponseEnded)]
     assert [(e.stream_id, e.code) for e in ended] == [(sid, StatusCode.UNAVAILABLE)]
-    aborted = [e for e in link.server.connection_lost("peer vanished")
-               if isinstance(e, ev.RequestAborted)]
+    aborted = [
+        e for e in link.server.connection_lost("peer vanished") if isinstance(e, ev.RequestAborted)
+    ]
     assert aborted and aborted[0].error.code == StatusCode.UNAVAILABLE
 
 
@@ -199,3 +200,59 @@ def test_peer_protocol_violation_fails_the_connection() -> None:
     events = link.client.receive_data(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")
     assert any(isinstance(e, ev.ConnectionFailed) for e in events)
     assert not link.client.is_usable
+
+
+def test_streams_below_goaway_last_stream_id_still_complete() -> None:
+    """h2 alone ends everything at the first GOAWAY; gRPC's graceful drain needs the
+    streams the server accepted to finish (RFC 9113 §6.8)."""
+    link = Link()
+    first = link.client.start_request("/p.S/M", authority="a")
+    link.client.send_message(first, b"x", end_stream=True)
+    link.pump()
+    link.server.start_graceful_shutdown(b"drain001")
+    link.pump()
+    assert link.take("client", ev.GoAwayReceived)
+    assert link.take("server", ev.PingAcknowledged)
+    link.server.finish_graceful_shutdown()
+    link.server.send_message(first, b"reply")
+    link.server.send_trailers(first, StatusCode.OK)
+    link.pump()
+    (reply,) = link.take("client", ev.MessageReceived)
+    assert isinstance(reply, ev.MessageReceived) and reply.payload == b"reply"
+    (end,) = link.take("client", ev.ResponseEnded)
+    assert isinstance(end, ev.ResponseEnded) and end.code == StatusCode.OK
+
+
+def test_stream_opened_after_final_goaway_is_refused() -> None:
+    link = Link()
+    first = link.client.start_request("/p.S/M", authority="a")
+    link.pump()
+    link.server.close(last_stream_id=first)
+    # The client has not read the GOAWAY yet and opens another stream.
+    late = link.client.start_request("/p.S/M", authority="a")
+    link.client.end_request(late)
+    link.pump()
+    assert [e.stream_id for e in link.take("server", ev.RequestReceived)] == [first]  # type: ignore[attr-defined]
+    ended = link.take("client", ev.ResponseEnded)
+    assert [(e.stream_id, e.code) for e in ended] == [(late, StatusCode.UNAVAILABLE)]  # type: ignore[attr-defined]
+
+
+def test_too_many_pings_get_goaway_enhance_your_calm() -> None:
+    from wire.connection import KeepalivePolicy
+
+    now = [0.0]
+    cfg = ConnectionConfig(
+        client_side=False, keepalive=KeepalivePolicy(min_time=10.0), clock=lambda: now[0]
+    )
+    link = Link(server_cfg=cfg)
+    sid = link.client.start_request("/p.S/M", authority="a")
+    link.pump()
+    for i in range(4):
+        now[0] += 1.0
+        link.client.ping(b"%08d" % i)
+        link.pump()
+    (goaway,) = link.take("client", ev.GoAwayReceived)
+    assert isinstance(goaway, ev.GoAwayReceived)
+    assert goaway.error_code == 0xB and goaway.debug_data == b"too_many_pings"
+    ended = link.take("client", ev.ResponseEnded)
+    assert [e.stream_id for e in ended] == [sid]  # type: ignore[attr-defined]

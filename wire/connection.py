@@ -171,7 +171,11 @@ class GrpcConnection:
         self._accept_encoding = accept_encoding_value().encode()
         self._user_agent = config.user_agent.encode()
         self._trace = (
-            FrameTracer(tracer, "client" if config.client_side else "server")
+            FrameTracer(
+                tracer,
+                "client" if config.client_side else "server",
+                pending_out=self._queued_out_length,
+            )
             if (tracer is not None)
             else None
         )
@@ -180,8 +184,12 @@ class GrpcConnection:
 
     def initiate(self) -> None:
         """Queue the connection preface and our SETTINGS, and open the connection window."""
+        # h2 makes these values current at once, before the peer has seen them. That
+        # is harmless for limits we raise; a stream window *below* the default must
+        # wait for the peer's ACK (RFC 9113 §6.9.2), or data the peer sent under the
+        # old window would count as a flow-control violation.
+        shrink_window = self.config.stream_window < 65535
         settings: dict[h2.settings.SettingCodes | int, int] = {
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.config.stream_window,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: self.config.max_frame_size,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.config.max_header_list_size,
         }
@@ -191,11 +199,17 @@ class GrpcConnection:
             settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = (
                 self.config.max_concurrent_streams
             )
+        if not shrink_window:
+            settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = self.config.stream_window
         self._h2.local_settings = h2.settings.Settings(
             client=self.client_side,
             initial_values=settings,  # type: ignore[arg-type]  # h2 accepts plain ints
         )
         self._h2.initiate_connection()
+        if shrink_window:
+            self._h2.update_settings(
+                {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.config.stream_window}
+            )
         extra = self.config.connection_window - 65535
         if extra > 0:
             self._h2.increment_flow_control_window(extra)
@@ -234,6 +248,16 @@ class GrpcConnection:
     def has_data_to_send(self) -> bool:
         """Whether `data_to_send` would return anything (without draining it)."""
         return bool(self._h2._data_to_send)
+
+    @property
+    def frame_tracer(self) -> FrameTracer | None:
+        """The tracer of this connection's frames (None when not tracing)."""
+        return self._trace
+
+    def _queued_out_length(self) -> int:
+        # How far the next queued byte is from the last drained one: lets a trace
+        # attribute each outbound frame to the step that queued it.
+        return len(self._h2._data_to_send)
 
     def data_to_send(self) -> bytes:
         """Drain the bytes that commands and received frames have queued."""
@@ -419,12 +443,13 @@ class GrpcConnection:
             )
         compressed = False
         codec = stream.send_codec
+        original = payload
         if compress and codec is not None:
             payload = codec.compress(payload)
             compressed = True
         framed = encode_prefix(len(payload), compressed) + payload
         if self._trace is not None:
-            self._trace.message_out(stream_id, len(payload), compressed)
+            self._trace.message_out(stream_id, len(payload), len(original), compressed)
         self._ping_strikes = 0
         if not stream.pending_len and len(framed) <= self._sendable(stream_id):
             # Fast path: the whole message fits the window and one frame.

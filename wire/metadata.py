@@ -255,7 +255,8 @@ def decode_metadata(headers: Iterable[tuple[bytes | str, bytes | str]]) -> Metad
     """
     md = Metadata(allow_reserved=True)
     for raw_name, raw_value in headers:
-        name = _header_text(raw_name, "key").lower()
+        name = _header_text(raw_name, "key")
+        name = name.lower() if name.isascii() else name
         if name.startswith(":") or name in _TRANSPORT_HEADERS:
             continue
         if _is_binary_key(name):

@@ -23,7 +23,7 @@ class Link:
         self.pump()
 
     def pump(self) -> None:
-        for _ in range(100):
+        for _ in range(10_000):
             c2s = self.client.data_to_send()
             s2c = self.server.data_to_send()
             if not c2s and not s2c:
@@ -256,3 +256,19 @@ def test_too_many_pings_get_goaway_enhance_your_calm() -> None:
     assert goaway.error_code == 0xB and goaway.debug_data == b"too_many_pings"
     ended = link.take("client", ev.ResponseEnded)
     assert [e.stream_id for e in ended] == [sid]  # type: ignore[attr-defined]
+
+
+def test_small_stream_window_takes_effect_only_when_acknowledged() -> None:
+    """A client may send under the default 65,535-byte window before it has read the
+    server's SETTINGS; a server that shrank its window must not call that a
+    flow-control error (RFC 9113 §6.9.2)."""
+    client = GrpcConnection(ConnectionConfig(client_side=True))
+    server = GrpcConnection(ConnectionConfig(client_side=False, stream_window=1000))
+    client.initiate()
+    server.initiate()
+    sid = client.start_request("/p.S/M", authority="a")
+    client.send_message(sid, b"z" * 60_000, end_stream=True)
+    events = server.receive_data(client.data_to_send())  # before any SETTINGS exchange
+    assert not any(isinstance(e, ev.ConnectionFailed) for e in events)
+    messages = [e for e in events if isinstance(e, ev.MessageReceived)]
+    assert len(messages) == 1 and len(messages[0].payload) == 60_000

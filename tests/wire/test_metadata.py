@@ -109,7 +109,7 @@ def test_values_that_are_fine() -> None:
 def test_binary_key_needs_bytes() -> None:
     with pytest.raises(InvalidMetadata, match="-bin"):
         Metadata().add("trace-bin", "not bytes")
-    md = Metadata([("trace-bin", bytearray(b"\x01"))])
+    md = Metadata([("trace-bin", bytearray(b"\x01"))])  # type: ignore[list-item]
     assert md["trace-bin"] == b"\x01"
     assert isinstance(md["trace-bin"], bytes)
 
@@ -169,6 +169,11 @@ def test_decode_metadata_skips_pseudo_and_transport_headers_but_keeps_user_agent
         ("x-custom", "v"),
         ("grpc-previous-rpc-attempts", "1"),
     ]
+
+
+def test_decode_metadata_refuses_non_ascii_str_keys() -> None:
+    with pytest.raises(InvalidMetadata):
+        decode_metadata([("\u212a", "v")])
 
 
 def test_decode_metadata_accepts_str_headers() -> None:
@@ -248,7 +253,7 @@ def test_metadata_round_trips_through_headers(pairs: list[tuple[str, str | bytes
 
 
 def test_header_list_size_uses_the_rfc_7540_rule() -> None:
-    headers = [(b"x-a", b"12345"), ("k", "")]
+    headers: list[tuple[bytes | str, bytes | str]] = [(b"x-a", b"12345"), ("k", "")]
     assert header_list_size(headers) == (3 + 5 + 32) + (1 + 0 + 32)
     assert header_list_size([("caf\u00e9", "v")]) == 5 + 1 + 32
     assert DEFAULT_MAX_METADATA_SIZE == 8192

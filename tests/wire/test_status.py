@@ -344,7 +344,9 @@ def test_status_details_code_must_fit_int32() -> None:
 def test_status_details_from_a_list_is_hashable() -> None:
     details = StatusDetails(code=1, message="m", details=[AnyMessage("t", b"")])  # type: ignore[arg-type]
     assert details.details == (AnyMessage("t", b""),)
-    assert hash(details) == hash(StatusDetails(code=1, message="m", details=(AnyMessage("t", b""),)))
+    assert hash(details) == hash(
+        StatusDetails(code=1, message="m", details=(AnyMessage("t", b""),))
+    )
 
 
 def test_empty_status_is_empty_bytes() -> None:

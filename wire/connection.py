@@ -165,6 +165,7 @@ class GrpcConnection:
         self._conn_uncredited = 0
         self._goaway_received: ev.GoAwayReceived | None = None
         self._goaway_sent = False
+        self._peer_settings_received = False
         self._failed: str | None = None
         self._last_ping_at: float | None = None
         self._ping_strikes = 0
@@ -224,6 +225,11 @@ class GrpcConnection:
     @property
     def failure(self) -> str | None:
         return self._failed
+
+    @property
+    def peer_settings_received(self) -> bool:
+        """Whether the peer's first SETTINGS frame (its half of the preface) has arrived."""
+        return self._peer_settings_received
 
     @property
     def active_streams(self) -> int:
@@ -491,7 +497,9 @@ class GrpcConnection:
         if self._failed is not None:
             return
         if last_stream_id is None:
-            last_stream_id = self._h2.highest_inbound_stream_id
+            # Streams refused after an earlier GOAWAY count as opened for h2 but were
+            # never processed: a later GOAWAY must not raise last-stream-id (§6.8).
+            last_stream_id = min(self._h2.highest_inbound_stream_id, self._accept_up_to)
         self._send_goaway(error_code, last_stream_id, debug)
 
     def start_graceful_shutdown(self, ping_data: bytes) -> None:
@@ -542,6 +550,7 @@ class GrpcConnection:
             self._flush_all()
             out.append(ev.WindowOpened())
         elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._peer_settings_received = True
             if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 self._flush_all()
                 out.append(ev.WindowOpened())

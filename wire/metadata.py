@@ -245,6 +245,12 @@ def _header_text(raw: bytes | str, what: str) -> str:
         raise InvalidMetadata(f"received metadata {what} is not ASCII: {bytes(raw)!r}") from exc
 
 
+_TRANSPORT_HEADER_NAMES = frozenset(name.encode() for name in _TRANSPORT_HEADERS)
+_KEY_BYTES = re.compile(rb"[0-9a-z_.\-]+")
+# Printable ASCII with no space at either end (RFC 9113 8.2.1), or empty.
+_PLAIN_VALUE_BYTES = re.compile(rb"(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?")
+
+
 def decode_metadata(headers: Iterable[tuple[bytes | str, bytes | str]]) -> Metadata:
     """The application metadata in a received header or trailer block.
 
@@ -254,20 +260,35 @@ def decode_metadata(headers: Iterable[tuple[bytes | str, bytes | str]]) -> Metad
     values, or bad base64 raise :class:`InvalidMetadata`.
     """
     md = Metadata(allow_reserved=True)
+    pairs = md._pairs
     for raw_name, raw_value in headers:
-        name = _header_text(raw_name, "key")
-        name = name.lower() if name.isascii() else name
-        if name.startswith(":") or name in _TRANSPORT_HEADERS:
+        name_bytes = raw_name if isinstance(raw_name, bytes) else str(raw_name).encode("utf-8")
+        if name_bytes[:1] == b":" or name_bytes in _TRANSPORT_HEADER_NAMES:
             continue
-        if _is_binary_key(name):
-            if isinstance(raw_value, str):
-                value_bytes = raw_value.encode("ascii", errors="replace")
+        value_bytes = (
+            raw_value if isinstance(raw_value, bytes) else str(raw_value).encode("utf-8")
+        )
+        if not _KEY_BYTES.fullmatch(name_bytes):
+            # Rare: upper case or invalid characters. The general path lower-cases
+            # what it may and explains what it must refuse.
+            name = _header_text(name_bytes, "key")
+            name = name.lower() if name.isascii() else name
+            if name in _TRANSPORT_HEADERS:
+                continue
+            if _is_binary_key(name):
+                for part in value_bytes.split(b","):
+                    md.add(name, _b64decode_lenient(part, name))
             else:
-                value_bytes = bytes(raw_value)
+                md.add(name, _header_text(value_bytes, f"value for {name!r}"))
+            continue
+        name = name_bytes.decode("ascii")
+        if name.endswith("-bin"):
             for part in value_bytes.split(b","):
-                md.add(name, _b64decode_lenient(part, name))
+                pairs.append((name, _b64decode_lenient(part, name)))
+        elif _PLAIN_VALUE_BYTES.fullmatch(value_bytes):
+            pairs.append((name, value_bytes.decode("ascii")))
         else:
-            md.add(name, _header_text(raw_value, f"value for {name!r}"))
+            md.add(name, _header_text(value_bytes, f"value for {name!r}"))  # raises
     return md
 
 

@@ -77,6 +77,11 @@ class Transport:
         self._cancel_scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
         self.drained = trio.Event()
+        # Set when the connection should close as soon as everything queued has left.
+        self._close_when_flushed: str | None = None
+        self._writing = False
+        # Set once the peer's SETTINGS arrived (or the connection ended before them).
+        self.peer_settings = trio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -125,9 +130,11 @@ class Transport:
         if not self.streams:
             self._idle_lot.unpark_all()
         if not self.streams and not self.closed and not self.connection.is_usable:
-            # Draining after GOAWAY and nothing left to finish: close.
+            # Draining after GOAWAY and nothing left to finish: close, but only after
+            # the writer has sent what is queued (the last trailers, a GOAWAY); aborting
+            # here would drop those bytes.
+            self._close_when_flushed = "connection drained"
             self.kick()
-            self.abort("connection drained")
 
     async def wait_for_capacity(self) -> None:
         """Wait until the peer's MAX_CONCURRENT_STREAMS lets one more stream open."""
@@ -146,7 +153,9 @@ class Transport:
 
     async def wait_flushed(self) -> None:
         """Wait until the writer has handed every queued byte to the stream."""
-        while self.connection.has_data_to_send() and not self.closed:
+        # `_writing`: bytes already drained from the connection may still be on their
+        # way into the stream; they are not flushed until send_all returns.
+        while (self.connection.has_data_to_send() or self._writing) and not self.closed:
             self.kick()
             await self._flushed_lot.park()
 
@@ -179,11 +188,18 @@ class Transport:
             while True:
                 data = conn.data_to_send()
                 if data:
-                    await send_all(data)
+                    self._writing = True
+                    try:
+                        await send_all(data)
+                    finally:
+                        self._writing = False
                     if not conn.has_data_to_send():
                         self._flushed_lot.unpark_all()
                 else:
                     if conn.failure is not None or self.closed:
+                        break
+                    if self._close_when_flushed is not None:
+                        self.abort(self._close_when_flushed)
                         break
                     await self._writer_lot.park()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -201,6 +217,8 @@ class Transport:
                 events = conn.receive_data(bytes(data))
                 if events:
                     self._dispatch(events)
+                if conn.peer_settings_received:
+                    self.peer_settings.set()
                 if conn.has_data_to_send():
                     self.kick()
                 if conn.failure is not None:
@@ -289,4 +307,5 @@ class Transport:
         self._idle_lot.unpark_all()
         for waiter in self._ping_waiters.values():
             waiter.set()
+        self.peer_settings.set()
         self.drained.set()

@@ -265,9 +265,7 @@ def decode_metadata(headers: Iterable[tuple[bytes | str, bytes | str]]) -> Metad
         name_bytes = raw_name if isinstance(raw_name, bytes) else str(raw_name).encode("utf-8")
         if name_bytes[:1] == b":" or name_bytes in _TRANSPORT_HEADER_NAMES:
             continue
-        value_bytes = (
-            raw_value if isinstance(raw_value, bytes) else str(raw_value).encode("utf-8")
-        )
+        value_bytes = raw_value if isinstance(raw_value, bytes) else str(raw_value).encode("utf-8")
         if not _KEY_BYTES.fullmatch(name_bytes):
             # Rare: upper case or invalid characters. The general path lower-cases
             # what it may and explains what it must refuse.

@@ -16,8 +16,9 @@ source "$scripts_dir/setup-criu.sh"
 
 # runc runs containers and calls CRIU for them; runc checkpoint needs iptables;
 # busybox-static fills test container root filesystems; grpc-proto provides the
-# standard gRPC .proto files (health, status) that cryo compiles with protoc.
-SYSTEM_PACKAGES=(runc iptables busybox-static grpc-proto protobuf-compiler)
+# standard gRPC .proto files (health, status) that cryo compiles with protoc;
+# chromium loads the HTML trace diagram headless in a test.
+SYSTEM_PACKAGES=(runc iptables busybox-static grpc-proto protobuf-compiler chromium)
 
 main() {
     [[ $(id -u) == 0 ]] || die "run as root (apt-get, runc and criu need it)"

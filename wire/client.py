@@ -29,9 +29,9 @@ from wire.connection import ConnectionConfig, GrpcConnection
 from wire.dial import Target, describe_peer, open_target, parse_target
 from wire.errors import ProtocolMisuse, RpcError
 from wire.framing import DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH
-from wire.metadata import Metadata
+from wire.metadata import Metadata, MetadataSource
 from wire.status import StatusCode
-from wire.trace import TraceSink, new_trace_id
+from wire.trace import CallTrace, TraceSink, installed_tracer, new_trace_id
 from wire.transport import StreamState, Transport
 
 Req = TypeVar("Req")
@@ -39,6 +39,11 @@ Resp = TypeVar("Resp")
 
 Serializer = Callable[[Any], bytes]
 Deserializer = Callable[[bytes], Any]
+
+
+SERVER_PREFACE_TIMEOUT = 20.0
+"""Seconds a new connection may take to deliver the server's SETTINGS (grpc-go's
+minimum connect timeout is also 20 s)."""
 
 
 def _identity(data: Any) -> Any:
@@ -98,7 +103,7 @@ class ClientConn:
         self._scheme = "https" if ssl_context is not None else "http"
         self.compression = compression
         self._interceptors = tuple(interceptors)
-        self._tracer = tracer
+        self._tracer = tracer if tracer is not None else installed_tracer()
         config = connection_config or ConnectionConfig(client_side=True)
         config = replace(
             config,
@@ -124,23 +129,31 @@ class ClientConn:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-        if self._exit_stack is not None:
-            stack, self._exit_stack = self._exit_stack, None
-            await stack.__aexit__(None, None, None)
+        try:
+            await self.close()
+        finally:
+            # Leave the nursery we entered even when close() was cancelled (a deadline
+            # around the whole block): skipping it corrupts trio's cancel-scope stack.
+            if self._exit_stack is not None:
+                stack, self._exit_stack = self._exit_stack, None
+                await stack.__aexit__(None, None, None)
 
     async def close(self) -> None:
         """Close the connection; calls still running fail with UNAVAILABLE."""
         self._closed = True
-        if self._transport is not None:
-            transport, self._transport = self._transport, None
-            transport.connection.close()
-            transport.kick()
-            with trio.move_on_after(0.5):
-                await trio.lowlevel.checkpoint()  # let the writer send GOAWAY
-            transport.abort("client connection closed")
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        transport, self._transport = self._transport, None
+        try:
+            if transport is not None:
+                transport.connection.close()
+                transport.kick()
+                with trio.move_on_after(0.5):
+                    await trio.lowlevel.checkpoint()  # let the writer send GOAWAY
+        finally:
+            # Also when cancelled while waiting: no connection task may outlive close().
+            if transport is not None:
+                transport.abort("client connection closed")
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
 
     # -- unary --------------------------------------------------------------------------
 
@@ -152,7 +165,7 @@ class ClientConn:
         request_serializer: Serializer = _identity,
         response_deserializer: Deserializer = _identity,
         timeout: float | None = None,
-        metadata: Metadata | None = None,
+        metadata: Metadata | MetadataSource | None = None,
         compression: str | None = None,
         wait_for_ready: bool = False,
         header: Metadata | None = None,
@@ -165,22 +178,39 @@ class ClientConn:
         """
         options = CallOptions(
             timeout,
-            metadata,
+            _checked_metadata(metadata),
             compression if compression is not None else self.compression,
             wait_for_ready,
             header,
             trailer,
         )
 
+        tracer = self._tracer
+        trace = CallTrace(tracer, "client", method=method) if tracer is not None else None
+
         async def base(method: str, request: Any, options: CallOptions) -> Any:
-            return await invoke(
-                self, method, request, options, request_serializer, response_deserializer
-            )
+            if trace is None:
+                return await invoke(
+                    self, method, request, options, request_serializer, response_deserializer
+                )
+            with trace.step("invoke", timeout=options.timeout):
+                return await invoke(
+                    self,
+                    method,
+                    request,
+                    options,
+                    request_serializer,
+                    response_deserializer,
+                    trace=trace,
+                )
 
         invoker: UnaryInvoker = base
         for interceptor in reversed(self._interceptors):
             invoker = _bind_interceptor(interceptor, invoker)
-        return await invoker(method, request, options)
+        if trace is None:
+            return await invoker(method, request, options)
+        with trace.step("ClientConn.invoke", timeout=timeout, compression=options.compression):
+            return await invoker(method, request, options)
 
     # -- streaming ----------------------------------------------------------------------
 
@@ -192,7 +222,7 @@ class ClientConn:
         request_serializer: Serializer = _identity,
         response_deserializer: Deserializer = _identity,
         timeout: float | None = None,
-        metadata: Metadata | None = None,
+        metadata: Metadata | MetadataSource | None = None,
         compression: str | None = None,
         wait_for_ready: bool = False,
     ) -> AsyncIterator[ClientCall[Any, Any]]:
@@ -210,21 +240,40 @@ class ClientConn:
         """
         options = CallOptions(
             timeout,
-            metadata,
+            _checked_metadata(metadata),
             compression if compression is not None else self.compression,
             wait_for_ready,
         )
         deadline = _deadline(options.timeout)
         call: ClientCall[Any, Any] | None = None
+        tracer = self._tracer
+        trace = CallTrace(tracer, "client", method=method) if tracer is not None else None
+        root = trace.start("ClientConn.open_stream", timeout=timeout) if trace is not None else 0
         with trio.CancelScope(deadline=deadline) as scope:
             transport = await self.get_transport(wait_for_ready)
-            state = await new_stream(self, transport, method, options, deadline)
+            if trace is not None:
+                trace.attach(transport.connection.frame_tracer)
+            state = await new_stream(self, transport, method, options, deadline, trace=trace)
             call = ClientCall(transport, state, request_serializer, response_deserializer, method)
+            call._trace = trace
             try:
                 yield call
+            except RpcError as exc:
+                if _reset_by_server_after_deadline(exc, state, deadline):
+                    raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+                raise
             finally:
                 call._release()
+                if trace is not None:
+                    code = call.code
+                    trace.end(
+                        root,
+                        status=code.name if code is not None else "CANCELLED",
+                        message=call.details or "",
+                    )
         if scope.cancelled_caught:
+            if trace is not None:
+                trace.end_all(status="DEADLINE_EXCEEDED", message="deadline exceeded")
             raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
 
     # -- connections --------------------------------------------------------------------
@@ -263,6 +312,13 @@ class ClientConn:
         connection = GrpcConnection(self._config, tracer=self._tracer)
         transport = Transport(stream, connection, peer=describe_peer(stream))
         await self._nursery.start(transport.run)
+        # As grpc-go does, use the connection only once the server's SETTINGS are in:
+        # streams opened before could exceed its MAX_CONCURRENT_STREAMS or windows.
+        with trio.move_on_after(SERVER_PREFACE_TIMEOUT):
+            await transport.peer_settings.wait()
+        if transport.closed or not transport.connection.peer_settings_received:
+            transport.abort("no HTTP/2 SETTINGS from the server")
+            raise ConnectionError(transport.close_reason or "no HTTP/2 SETTINGS from the server")
         return transport
 
 
@@ -289,10 +345,21 @@ class ClientCall(Generic[Req, Resp]):
         self.method = method
         self._cancelled = False
         self._released = False
+        self._last_message_compressed = False
+        self._trace: CallTrace | None = None
 
     @property
     def stream_id(self) -> int:
         return self._state.stream_id
+
+    @property
+    def last_message_compressed(self) -> bool:
+        """Whether the response message received last had its compressed flag set.
+
+        The flag is per message: a server may send some messages of a `gzip` stream
+        uncompressed (the interop case `server_compressed_streaming` checks this).
+        """
+        return self._last_message_compressed
 
     async def send_message(self, message: Req, *, compress: bool = True) -> None:
         """Send one request message (grpc-go `SendMsg`); waits for flow-control window.
@@ -305,16 +372,33 @@ class ClientCall(Generic[Req, Resp]):
             raise RpcError(StatusCode.CANCELLED, "the call was cancelled")
         if state.ended is not None:
             return
-        await write(
-            self._transport, state, encode(self._serialize, message), compress=compress, last=False
-        )
+        trace = self._trace
+        if trace is None:
+            await write(
+                self._transport,
+                state,
+                encode(self._serialize, message),
+                compress=compress,
+                last=False,
+            )
+            return
+        with trace.step("send_message", detached=True):
+            with trace.step("encode") as step:
+                payload = encode(self._serialize, message)
+                step.note(size=len(payload))
+            with trace.step("write", last=False):
+                await write(self._transport, state, payload, compress=compress, last=False)
 
     async def done_writing(self) -> None:
         """Half-close: no more requests (grpc-go `CloseSend`)."""
         state = self._state
         if state.ended is not None or self._cancelled:
             return
+        trace = self._trace
+        span = trace.start("done_writing", detached=True) if trace is not None else 0
         self._transport.connection.end_request(state.stream_id)
+        if trace is not None:
+            trace.end(span)
         self._transport.kick()
         await trio.lowlevel.checkpoint()
 
@@ -327,6 +411,15 @@ class ClientCall(Generic[Req, Resp]):
                 raise RpcError(StatusCode.CANCELLED, "the call was cancelled")
             if state.messages:
                 message = state.messages.popleft()
+                self._last_message_compressed = message.compressed
+                if self._trace is not None:
+                    self._trace.point(
+                        "receive_message",
+                        detached=True,
+                        size=len(message.payload),
+                        wire_length=message.wire_length,
+                        compressed=message.compressed,
+                    )
                 transport.connection.acknowledge_message(state.stream_id, message.wire_length)
                 if transport.connection.has_data_to_send():
                     transport.kick()
@@ -375,7 +468,11 @@ class ClientCall(Generic[Req, Resp]):
         """Cancel the call: RST_STREAM(CANCEL); later operations raise CANCELLED."""
         if self._state.ended is None and not self._cancelled:
             self._cancelled = True
+            trace = self._trace
+            span = trace.start("cancel", detached=True) if trace is not None else 0
             self._transport.connection.cancel_stream(self._state.stream_id)
+            if trace is not None:
+                trace.end(span)
             self._transport.kick()
 
     def _initial_or_none(self) -> Metadata | None:
@@ -402,6 +499,7 @@ async def invoke(
     options: CallOptions,
     serializer: Serializer,
     deserializer: Deserializer,
+    trace: CallTrace | None = None,
 ) -> Any:
     """Run one unary call (grpc-go `invoke` in call.go).
 
@@ -410,16 +508,37 @@ async def invoke(
     rather than a context, and a deadline that has already passed fails here, before
     any byte is sent.
     """
+    # An interceptor may have replaced the metadata: check it before any byte is sent.
+    options.metadata = _checked_metadata(options.metadata)
     deadline = _deadline(options.timeout)
     transport: Transport | None = None
     state: StreamState | None = None
     with trio.CancelScope(deadline=deadline) as scope:
         try:
+            if trace is None:
+                transport = await cc.get_transport(options.wait_for_ready)
+                state = await send_request(
+                    cc, transport, method, request, options, serializer, deadline
+                )
+                return await recv_response(transport, state, deserializer, options)
+            step = trace.start("get_transport")
+            reused = cc._transport
             transport = await cc.get_transport(options.wait_for_ready)
+            trace.attach(transport.connection.frame_tracer)
+            trace.end(step, conn=trace.conn_id, new_connection=transport is not reused)
+            step = trace.start("send_request")
             state = await send_request(
-                cc, transport, method, request, options, serializer, deadline
+                cc, transport, method, request, options, serializer, deadline, trace=trace
             )
-            return await recv_response(transport, state, deserializer, options)
+            trace.end(step)
+            step = trace.start("recv_response")
+            response = await recv_response(transport, state, deserializer, options)
+            trace.end(step, status="OK")
+            return response
+        except RpcError as exc:
+            if _reset_by_server_after_deadline(exc, state, deadline):
+                raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+            raise
         finally:
             if transport is not None and state is not None:
                 if state.ended is None:
@@ -440,6 +559,7 @@ async def send_request(
     options: CallOptions,
     serializer: Serializer,
     deadline: float,
+    trace: CallTrace | None = None,
 ) -> StreamState:
     """Open the stream and send the one request message (grpc-go `sendRequest`).
 
@@ -447,8 +567,15 @@ async def send_request(
     `t.Write(stream, outBuf, &Options{Last: true})`. Same here: the message goes out
     with END_STREAM on its DATA frame.
     """
-    state = await new_stream(cc, transport, method, options, deadline)
-    await write(transport, state, encode(serializer, request), compress=True, last=True)
+    state = await new_stream(cc, transport, method, options, deadline, trace=trace)
+    if trace is None:
+        await write(transport, state, encode(serializer, request), compress=True, last=True)
+        return state
+    with trace.step("encode") as step:
+        payload = encode(serializer, request)
+        step.note(size=len(payload))
+    with trace.step("write", last=True):
+        await write(transport, state, payload, compress=True, last=True)
     return state
 
 
@@ -458,6 +585,7 @@ async def new_stream(
     method: str,
     options: CallOptions,
     deadline: float,
+    trace: CallTrace | None = None,
 ) -> StreamState:
     """Open an HTTP/2 stream and queue the request HEADERS (grpc-go `http2Client.NewStream`).
 
@@ -471,6 +599,10 @@ async def new_stream(
         raise RpcError(StatusCode.UNAVAILABLE, transport.close_reason or "connection is closing")
     timeout = None if math.isinf(deadline) else max(deadline - trio.current_time(), 0.0)
     metadata = options.metadata
+    span = 0
+    if trace is not None:
+        span = trace.start("new_stream")
+        metadata = trace.request_metadata(metadata)
     stream_id = transport.connection.start_request(
         method,
         authority=cc.authority,
@@ -479,6 +611,13 @@ async def new_stream(
         metadata=metadata,
         encoding=options.compression,
     )
+    # Wake the writer: a streaming call may wait for the server before it sends
+    # anything, and its HEADERS must not sit in the buffer meanwhile. The writer only
+    # runs once this task blocks, so a unary call's HEADERS and DATA still leave together.
+    transport.kick()
+    if trace is not None:
+        trace.bind_stream(stream_id)
+        trace.end(span, stream=stream_id, timeout=timeout)
     return transport.open_state(stream_id)
 
 
@@ -557,6 +696,32 @@ def _deserialize(
         raise RpcError(
             StatusCode.INTERNAL, f"failed to parse response message: {type(exc).__name__}"
         ) from None
+
+
+def _checked_metadata(metadata: Metadata | MetadataSource | None) -> Metadata | None:
+    """Validate caller metadata up front (plain pairs or a mapping are accepted, as in
+    grpcio): a bad key or value is the caller's error, raised before anything is sent."""
+    if metadata is None or isinstance(metadata, Metadata):
+        return metadata
+    return Metadata(metadata)
+
+
+def _reset_by_server_after_deadline(
+    exc: RpcError, state: StreamState | None, deadline: float
+) -> bool:
+    """True if the call ended CANCELLED by the server after our deadline had passed.
+
+    A server that enforces our `grpc-timeout` resets the stream with CANCEL when it
+    fires. When that RST_STREAM beats our own timer, the call did time out: report
+    DEADLINE_EXCEEDED, as grpc-go does (`handleRSTStream`, grpc-go PR 2211).
+    """
+    return (
+        exc.code == StatusCode.CANCELLED
+        and state is not None
+        and state.ended is not None
+        and state.ended.code == StatusCode.CANCELLED
+        and trio.current_time() >= deadline
+    )
 
 
 def _deadline(timeout: float | None) -> float:

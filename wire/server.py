@@ -34,7 +34,7 @@ from wire.errors import ProtocolMisuse, RpcError
 from wire.framing import DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH
 from wire.metadata import Metadata
 from wire.status import StatusCode, StatusDetails
-from wire.trace import TraceSink
+from wire.trace import CALL_ID_METADATA_KEY, CallTrace, TraceSink, installed_tracer
 from wire.transport import StreamState, Transport
 
 log = logging.getLogger("wire.server")
@@ -149,6 +149,7 @@ class ServerCall:
         self._headers_sent = False
         self._last_message_compressed = False
         self.scope = trio.CancelScope(deadline=self.deadline)
+        self._trace: CallTrace | None = None
 
     # -- context ------------------------------------------------------------------------
 
@@ -212,6 +213,13 @@ class ServerCall:
             if state.messages:
                 message = state.messages.popleft()
                 self._last_message_compressed = message.compressed
+                if self._trace is not None:
+                    self._trace.point(
+                        "receive_message",
+                        size=len(message.payload),
+                        wire_length=message.wire_length,
+                        compressed=message.compressed,
+                    )
                 connection.acknowledge_message(state.stream_id, message.wire_length)
                 if connection.has_data_to_send():
                     self._transport.kick()
@@ -226,6 +234,9 @@ class ServerCall:
                         f"failed to parse request message: {type(exc).__name__}",
                     ) from None
             if state.aborted is not None:
+                # The abort also cancelled the handler's scope; a checkpoint delivers
+                # that as trio.Cancelled, so handlers see cancellation the trio way.
+                await trio.lowlevel.checkpoint()
                 raise state.aborted
             if state.request_ended:
                 return None
@@ -243,6 +254,8 @@ class ServerCall:
 
     async def send_message(self, message: Any, *, compress: bool = True) -> None:
         """Send one response message; waits while the client's window is full."""
+        if self._state.aborted is not None:
+            await trio.lowlevel.checkpoint()  # as in receive_message: Cancelled first
         if self._queue_message(message, compress):
             await self._transport.wait_writable(self._state)
         else:
@@ -253,6 +266,8 @@ class ServerCall:
         state = self._state
         if state.aborted is not None:
             raise state.aborted
+        trace = self._trace
+        span = trace.start("send_message") if trace is not None else 0
         serialize = self._handler.response_serializer
         payload = serialize(message) if serialize is not None else message
         if not self._headers_sent:
@@ -260,6 +275,8 @@ class ServerCall:
         pending = self._transport.connection.send_message(
             state.stream_id, payload, compress=compress
         )
+        if trace is not None:
+            trace.end(span, size=len(payload), waiting_for_window=pending)
         self._transport.kick()
         return pending
 
@@ -277,6 +294,8 @@ class ServerCall:
     def _finish(self, code: StatusCode, message: str, details: StatusDetails | None) -> None:
         if self._state.aborted is not None:
             return
+        trace = self._trace
+        span = trace.start("finish", status=code.name, message=message) if trace is not None else 0
         self._transport.connection.send_trailers(
             self._state.stream_id,
             code,
@@ -284,6 +303,8 @@ class ServerCall:
             details=details,
             metadata=self._trailing or None,
         )
+        if trace is not None:
+            trace.end(span)
         self._transport.kick()
 
 
@@ -314,7 +335,7 @@ class Server:
         self._interceptors = tuple(interceptors)
         self._stream_interceptors = tuple(stream_interceptors)
         self.compression = compression
-        self._tracer = tracer
+        self._tracer = tracer if tracer is not None else installed_tracer()
         config = connection_config or ConnectionConfig(client_side=False)
         self._config = replace(
             config,
@@ -465,6 +486,9 @@ class Server:
     def _on_request(self, transport: Transport, request: ev.RequestReceived) -> None:
         handler = self._methods.get(request.method)
         connection = transport.connection
+        trace = None
+        if self._tracer is not None:
+            trace = _start_call_trace(self._tracer, transport, request, handler is not None)
         if handler is None:
             service, _, method = request.method[1:].partition("/")
             message = (
@@ -472,11 +496,19 @@ class Server:
                 if service in self._services
                 else f"unknown service {service}"
             )
+            span = (
+                trace.start("finish", status="UNIMPLEMENTED", message=message)
+                if trace is not None
+                else 0
+            )
             connection.send_trailers(request.stream_id, StatusCode.UNIMPLEMENTED, message)
+            if trace is not None:
+                trace.end(span)
             transport.kick()
             return
         state = transport.open_state(request.stream_id)
         call = ServerCall(self, transport, state, request, handler)
+        call._trace = trace
         state.on_abort = partial(_cancel_call, call)
         assert transport.nursery is not None
         transport.nursery.start_soon(self._run_call, transport, call, name=request.method)
@@ -487,6 +519,14 @@ class Server:
         details: StatusDetails | None = None
         key = (transport, call.stream_id)
         self._calls[key] = call
+        if call._trace is not None:
+            streaming = call._handler.cardinality is not Cardinality.UNARY_UNARY
+            call._trace.start(
+                "run_call",
+                grpc_go="Server.processStreamingRPC" if streaming else "Server.processUnaryRPC",
+                cardinality=call._handler.cardinality.value,
+                timeout=call.time_remaining(),
+            )
         try:
             with call.scope:
                 try:
@@ -507,6 +547,8 @@ class Server:
                 transport.connection.reset_stream(call.stream_id, h2.errors.ErrorCodes.CANCEL)
                 transport.kick()
         finally:
+            if call._trace is not None:
+                _end_call_trace(call._trace, call, code, message)
             self._calls.pop(key, None)
             transport.release(call.stream_id)
 
@@ -593,22 +635,71 @@ def _cancel_call(call: ServerCall, error: RpcError) -> None:
 
 
 async def _run_unary_handler(handler: MethodHandler, request: Any, call: ServerCall) -> Any:
-    return await handler.handler(request, call)
+    trace = call._trace
+    if trace is None:
+        return await handler.handler(request, call)
+    span = trace.start("handler")
+    response = await handler.handler(request, call)
+    trace.end(span)
+    return response
 
 
 async def _run_server_stream_handler(
     handler: MethodHandler, request: Any, call: ServerCall
 ) -> None:
+    trace = call._trace
+    span = trace.start("handler") if trace is not None else 0
     await _drive(handler.handler(request, call), call)
+    if trace is not None:
+        trace.end(span)
 
 
 async def _run_stream_handler(handler: MethodHandler, call: ServerCall) -> None:
+    trace = call._trace
+    span = trace.start("handler") if trace is not None else 0
     result = handler.handler(call)
     if handler.cardinality is Cardinality.STREAM_UNARY:
         response = await result
         await call.send_message(response)
     else:
         await _drive(result, call)
+    if trace is not None:
+        trace.end(span)
+
+
+def _start_call_trace(
+    sink: TraceSink, transport: Transport, request: ev.RequestReceived, found: bool
+) -> CallTrace:
+    """The server half of a call's trace, under the client's call id when it sent one."""
+    call_id = request.metadata.get(CALL_ID_METADATA_KEY)
+    trace = CallTrace(
+        sink,
+        "server",
+        call_id=call_id if isinstance(call_id, str) else None,
+        method=request.method,
+    )
+    trace.attach(transport.connection.frame_tracer)
+    trace.bind_stream(request.stream_id)
+    trace.point(
+        "handle_stream",
+        method=request.method,
+        timeout=request.timeout,
+        peer=transport.peer,
+        encoding=request.encoding,
+        found=found,
+    )
+    return trace
+
+
+def _end_call_trace(trace: CallTrace, call: ServerCall, code: StatusCode, message: str) -> None:
+    """End the call's steps with the status the client was sent (or why none was)."""
+    aborted = call._state.aborted
+    if aborted is not None:
+        trace.end_all(status=aborted.code.name, message=aborted.message)
+    elif call.scope.cancelled_caught:
+        trace.end_all(status="DEADLINE_EXCEEDED", message="deadline exceeded: RST_STREAM(CANCEL)")
+    else:
+        trace.end_all(status=code.name, message=message)
 
 
 async def _drive(result: Any, call: ServerCall) -> None:

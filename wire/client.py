@@ -254,6 +254,8 @@ class ClientConn:
             if trace is not None:
                 trace.attach(transport.connection.frame_tracer)
             state = await new_stream(self, transport, method, options, deadline, trace=trace)
+            # The HEADERS go now: the caller may wait for the server before sending.
+            transport.kick()
             call = ClientCall(transport, state, request_serializer, response_deserializer, method)
             call._trace = trace
             try:
@@ -611,10 +613,8 @@ async def new_stream(
         metadata=metadata,
         encoding=options.compression,
     )
-    # Wake the writer: a streaming call may wait for the server before it sends
-    # anything, and its HEADERS must not sit in the buffer meanwhile. The writer only
-    # runs once this task blocks, so a unary call's HEADERS and DATA still leave together.
-    transport.kick()
+    # No kick here: a unary call's HEADERS wait for its DATA so that both leave in
+    # one write; `open_stream` sends a streaming call's HEADERS at once.
     if trace is not None:
         trace.bind_stream(stream_id)
         trace.end(span, stream=stream_id, timeout=timeout)

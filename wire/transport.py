@@ -6,16 +6,24 @@ It keeps the trio-side view of each stream (`StreamState`: received messages wai
 for the application, the final status, parking lots for waiters). It makes no
 protocol decisions: those are the connection's.
 
-Why a writer task: commands only queue bytes in the connection, then wake the writer
-(`kick`, which never blocks). A call task that is cancelled (a deadline) therefore
-never abandons a half-written frame, which would corrupt the connection for every
-other call (the rule trio-websocket follows). Several commands queued before the
-writer runs leave in a single `send_all`: a unary call is one write on each side.
+Writing: commands only queue bytes in the connection, then call `kick`, which never
+blocks. On a plain socket (TCP or unix) `kick` hands the bytes to the kernel at once
+with one non-blocking `send`; whatever the kernel does not take, and everything on
+other streams (TLS), goes to the writer task. A call task that is cancelled (a
+deadline) therefore never abandons a half-written frame, which would corrupt the
+connection for every other call (the rule trio-websocket follows), and a unary call
+is one write on each side with no task switch for it.
+
+Reading: one reader task. On a plain socket it calls `recv` directly and waits with
+`trio.lowlevel.wait_readable` only when nothing is there, instead of paying for
+`SocketStream.receive_some`'s yield on every read; it still yields every few reads
+so that a flood of bytes cannot starve other tasks.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +39,21 @@ from wire.status import StatusCode
 log = logging.getLogger("wire.transport")
 
 RECEIVE_SIZE = 256 * 1024
+# Reads in a row without waiting before the reader yields anyway (fairness).
+READS_BEFORE_YIELD = 16
+
+
+def os_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The OS socket under a plain trio `SocketStream`, or None (TLS, memory streams).
+
+    trio keeps it in a private attribute; if that ever changes, cryo falls back to the
+    stream's own async methods and only loses speed.
+    """
+    if type(stream) is trio.SocketStream:
+        inner = getattr(stream.socket, "_sock", None)
+        if isinstance(inner, socket.socket):
+            return inner
+    return None
 
 
 @dataclass(eq=False)
@@ -79,7 +102,10 @@ class Transport:
         self.drained = trio.Event()
         # Set when the connection should close as soon as everything queued has left.
         self._close_when_flushed: str | None = None
-        self._writing = False
+        # Bytes taken from the connection that have not all reached the kernel yet.
+        # While set, only the writer task sends (so bytes never overtake each other).
+        self._unsent: memoryview | None = None
+        self._sock = os_socket(stream)
         # Set once the peer's SETTINGS arrived (or the connection ended before them).
         self.peer_settings = trio.Event()
 
@@ -109,7 +135,23 @@ class Transport:
             self._cancel_scope.cancel()
 
     def kick(self) -> None:
-        """Wake the writer: the connection has bytes to send. Never blocks."""
+        """Send what the connection has queued, or leave it to the writer. Never blocks."""
+        sock = self._sock
+        if sock is not None and self._unsent is None and not self.closed:
+            data = self.connection.data_to_send()
+            if data:
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    sent = 0  # the writer meets the same error and ends the connection
+                if sent < len(data):
+                    self._unsent = memoryview(data)[sent:]
+            if self._unsent is None and self._close_when_flushed is None:
+                if self._flushed_lot:
+                    self._flushed_lot.unpark_all()
+                return
         self._writer_lot.unpark_all()
 
     @property
@@ -153,9 +195,9 @@ class Transport:
 
     async def wait_flushed(self) -> None:
         """Wait until the writer has handed every queued byte to the stream."""
-        # `_writing`: bytes already drained from the connection may still be on their
-        # way into the stream; they are not flushed until send_all returns.
-        while (self.connection.has_data_to_send() or self._writing) and not self.closed:
+        # `_unsent`: bytes already drained from the connection may still be on their
+        # way into the stream; they are not flushed until the kernel took them all.
+        while (self.connection.has_data_to_send() or self._unsent is not None) and not self.closed:
             self.kick()
             await self._flushed_lot.park()
 
@@ -183,38 +225,62 @@ class Transport:
 
     async def _writer(self) -> None:
         conn = self.connection
-        send_all = self.stream.send_all
         try:
             while True:
-                data = conn.data_to_send()
-                if data:
-                    self._writing = True
-                    try:
-                        await send_all(data)
-                    finally:
-                        self._writing = False
+                if self._unsent is None:
+                    data = conn.data_to_send()
+                    if data:
+                        self._unsent = memoryview(data)
+                if self._unsent is not None:
+                    await self._send_unsent()
                     if not conn.has_data_to_send():
                         self._flushed_lot.unpark_all()
-                else:
-                    if conn.failure is not None or self.closed:
-                        break
-                    if self._close_when_flushed is not None:
-                        self.abort(self._close_when_flushed)
-                        break
-                    await self._writer_lot.park()
+                    continue
+                if conn.failure is not None or self.closed:
+                    break
+                if self._close_when_flushed is not None:
+                    self.abort(self._close_when_flushed)
+                    break
+                await self._writer_lot.park()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.abort(f"connection lost while writing: {exc}")
 
+    async def _send_unsent(self) -> None:
+        """Get `_unsent` into the kernel, waiting for room as needed; then clear it."""
+        unsent = self._unsent
+        assert unsent is not None
+        sock = self._sock
+        if sock is None:
+            await self.stream.send_all(unsent)
+        else:
+            while unsent:
+                try:
+                    unsent = unsent[sock.send(unsent) :]
+                except BlockingIOError:
+                    self._unsent = unsent
+                    await trio.lowlevel.wait_writable(sock)
+        self._unsent = None
+
+    async def _receive(self) -> bytes:
+        sock = self._sock
+        if sock is None:
+            return bytes(await self.stream.receive_some(RECEIVE_SIZE))
+        while True:
+            try:
+                return sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+
     async def _reader(self) -> None:
         conn = self.connection
-        receive = self.stream.receive_some
         reason = "connection closed by peer"
+        reads = 0
         try:
             while True:
-                data = await receive(RECEIVE_SIZE)
+                data = await self._receive()
                 if not data:
                     break
-                events = conn.receive_data(bytes(data))
+                events = conn.receive_data(data)
                 if events:
                     self._dispatch(events)
                 if conn.peer_settings_received:
@@ -227,6 +293,10 @@ class Transport:
                     with trio.move_on_after(1):
                         await self.wait_flushed()
                     break
+                reads += 1
+                if reads >= READS_BEFORE_YIELD:
+                    reads = 0
+                    await trio.lowlevel.checkpoint()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reason = f"connection lost: {exc}"
         self.abort(reason)

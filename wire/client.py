@@ -642,15 +642,22 @@ async def write(
     compress: bool,
     last: bool,
 ) -> None:
-    """Queue one message on the stream and wait for window (grpc-go `http2Client.Write`)."""
+    """Queue one message on the stream and wait for window (grpc-go `http2Client.Write`).
+
+    The last message of a call goes out at once (for a unary call, in one write with
+    its HEADERS); others may be batched with the ones that follow (`after_queue`).
+    """
     pending = transport.connection.send_message(
         state.stream_id, payload, compress=compress, end_stream=last
     )
-    transport.kick()
     if pending:
+        transport.kick()
         await transport.wait_writable(state)
-    else:
+    elif last:
+        transport.kick()
         await trio.lowlevel.checkpoint()
+    else:
+        await transport.after_queue()
 
 
 async def recv_response(

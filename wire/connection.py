@@ -253,6 +253,10 @@ class GrpcConnection:
         except (h2.exceptions.StreamClosedError, KeyError):
             return 0
 
+    def buffered_bytes(self) -> int:
+        """How many bytes `data_to_send` would return now."""
+        return len(self._h2._data_to_send)
+
     def has_data_to_send(self) -> bool:
         """Whether `data_to_send` would return anything (without draining it)."""
         return bool(self._h2._data_to_send)

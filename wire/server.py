@@ -259,10 +259,14 @@ class ServerCall:
         if self._queue_message(message, compress):
             await self._transport.wait_writable(self._state)
         else:
-            await trio.lowlevel.checkpoint()
+            await self._transport.after_queue()
 
     def _queue_message(self, message: Any, compress: bool) -> int:
-        """Queue one response message (no I/O); returns the bytes waiting for window."""
+        """Queue one response message (no I/O); returns the bytes waiting for window.
+
+        The caller decides when the bytes leave: `send_message` through the transport's
+        batching, a unary reply together with its trailers in `_finish`.
+        """
         state = self._state
         if state.aborted is not None:
             raise state.aborted
@@ -277,7 +281,6 @@ class ServerCall:
         )
         if trace is not None:
             trace.end(span, size=len(payload), waiting_for_window=pending)
-        self._transport.kick()
         return pending
 
     # -- internals ----------------------------------------------------------------------

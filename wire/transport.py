@@ -41,6 +41,8 @@ log = logging.getLogger("wire.transport")
 RECEIVE_SIZE = 256 * 1024
 # Reads in a row without waiting before the reader yields anyway (fairness).
 READS_BEFORE_YIELD = 16
+# Queued bytes at which a sender stops batching and writes at once.
+FLUSH_THRESHOLD = 64 * 1024
 
 
 def os_socket(stream: trio.abc.Stream) -> socket.socket | None:
@@ -154,6 +156,25 @@ class Transport:
                 return
         self._writer_lot.unpark_all()
 
+    async def after_queue(self) -> None:
+        """A message was queued: batch it with what follows, within limits.
+
+        Streaming senders call this after each message. Below `FLUSH_THRESHOLD` the
+        bytes wait for the writer task, which runs when the sender next blocks, so a
+        burst of small messages leaves in one write; at the threshold they go now and
+        the sender yields. If the kernel refused earlier bytes, the sender waits for
+        the writer to drain them: that is the backpressure that bounds the buffer.
+        """
+        if self._unsent is not None:
+            self._writer_lot.unpark_all()
+            await self.wait_flushed()
+        elif self.connection.buffered_bytes() >= FLUSH_THRESHOLD:
+            self.kick()
+            await trio.lowlevel.checkpoint()
+        else:
+            self._writer_lot.unpark_all()
+            await trio.lowlevel.checkpoint_if_cancelled()
+
     @property
     def usable(self) -> bool:
         return not self.closed and self.connection.is_usable
@@ -188,6 +209,7 @@ class Transport:
     async def wait_writable(self, state: StreamState) -> None:
         """Block while the stream's bytes wait for the peer's flow-control window."""
         conn = self.connection
+        self.kick()  # what the window allows must be out before we wait for more
         while conn.pending_send_bytes(state.stream_id) > 0:
             if self.closed or state.ended is not None or state.aborted is not None:
                 return

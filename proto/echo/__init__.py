@@ -1,0 +1,1 @@
+"""Messages and grpcio stubs of the benchmark Echo service, generated from echo.proto."""

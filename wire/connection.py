@@ -185,12 +185,13 @@ class GrpcConnection:
 
     def initiate(self) -> None:
         """Queue the connection preface and our SETTINGS, and open the connection window."""
-        # h2 makes these values current at once, before the peer has seen them. That
-        # is harmless for limits we raise; a stream window *below* the default must
-        # wait for the peer's ACK (RFC 9113 §6.9.2), or data the peer sent under the
-        # old window would count as a flow-control violation.
-        shrink_window = self.config.stream_window < 65535
+        self._h2.initiate_connection()
+        # Our settings go in a SETTINGS frame of their own and take effect when the
+        # peer acknowledges it (RFC 9113 §6.5.3): data the peer sent under the default
+        # window, and frames of the default size, stay valid until then. (h2 applies
+        # values given to its constructor at once, which breaks both.)
         settings: dict[h2.settings.SettingCodes | int, int] = {
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.config.stream_window,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: self.config.max_frame_size,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.config.max_header_list_size,
         }
@@ -200,17 +201,7 @@ class GrpcConnection:
             settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = (
                 self.config.max_concurrent_streams
             )
-        if not shrink_window:
-            settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = self.config.stream_window
-        self._h2.local_settings = h2.settings.Settings(
-            client=self.client_side,
-            initial_values=settings,  # type: ignore[arg-type]  # h2 accepts plain ints
-        )
-        self._h2.initiate_connection()
-        if shrink_window:
-            self._h2.update_settings(
-                {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.config.stream_window}
-            )
+        self._h2.update_settings(settings)
         extra = self.config.connection_window - 65535
         if extra > 0:
             self._h2.increment_flow_control_window(extra)

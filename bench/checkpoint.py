@@ -36,7 +36,7 @@ from pathlib import Path
 
 import trio
 
-import runtime
+from daemon import supervisor
 from proto.types import api_pb2
 from proto.types.api_cryo import APIStub
 from runtime.criu import CriuBinary
@@ -219,7 +219,7 @@ async def run(options: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="cryo-bench-checkpoint-") as scratch:
         work = Path(scratch)
         async with (
-            runtime.launch(work / "state", runc=runc, log_file=work / "runtime.log") as launched,
+            supervisor.launch(work / "state", runc=runc, log_file=work / "runtime.log") as launched,
             ClientConn(launched.target) as conn,
         ):
             api = APIStub(conn)

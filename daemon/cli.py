@@ -332,18 +332,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """One traced CreateCheckpoint-shaped call to a built-in server, as a timeline."""
-    trace_args = argparse.Namespace(
-        format="terminal",
-        output=None,
-        input=None,
-        proto=[],
-        method=None,
-        request=None,
-        target=None,
-        timeout=args.timeout,
-    )
-    return cmd_trace(trace_args)
+    """cryo's main job end to end: checkpoint and restore a container through the runtime."""
+    from daemon import demo  # the demo's imports are only needed here
+
+    return demo.main(args.kind)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,8 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace.set_defaults(run=cmd_trace)
 
-    demo = commands.add_parser("demo", help="a traced CreateCheckpoint call, as a timeline")
-    demo.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    demo = commands.add_parser(
+        "demo",
+        help="start the runtime, checkpoint a running counter and restore it (traced)",
+    )
+    demo.add_argument(
+        "--kind",
+        choices=("process", "runc"),
+        default="process",
+        help="a process on the host, or a runc busybox container (default: process)",
+    )
     demo.set_defaults(run=cmd_demo)
     return parser
 

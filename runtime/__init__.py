@@ -2,11 +2,6 @@
 
 The package owns the runtime server and its parts (container table, checkpoint store,
 event log, CRIU and runc drivers). It must not import `daemon`: the daemon reaches it
-only over gRPC. ``runtime.launch`` starts the runtime as a child process and waits
-until it is serving (see `runtime.launcher`); ``python -m runtime`` runs it in the
-foreground.
+only over gRPC (and starts it with `daemon.supervisor.launch`). ``python -m runtime``
+runs it in the foreground.
 """
-
-from runtime.launcher import LaunchedRuntime, RuntimeDidNotStart, launch
-
-__all__ = ["LaunchedRuntime", "RuntimeDidNotStart", "launch"]

@@ -50,14 +50,23 @@ async def test_trace_default_call_shows_both_sides_of_create_checkpoint(tmp_path
     assert "response: {}" in stderr
 
 
-async def test_demo_prints_the_timeline_of_a_traced_create_checkpoint() -> None:
+async def test_demo_checkpoints_and_restores_a_counter_showing_the_call() -> None:
     code, stdout, stderr = await cryo("demo")
     assert code == 0, stderr
-    first = stdout.splitlines()[0]
-    assert "/types.API/CreateCheckpoint: OK" in first
-    for step in ("▶ new_stream", "▶ write", "▶ recv_response", "▶ run_call", "▶ finish"):
+    assert "runtime started" in stdout
+    assert "/types.API/CreateCheckpoint: OK" in stdout
+    for step in ("▶ new_stream", "▶ write", "▶ recv_response", "grpc-go recvResponse"):
         assert step in stdout
-    assert "grpc-go recvResponse" in stdout and "\x1b[" not in stdout
+    assert "ListCheckpoint: ['cp1']" in stdout
+    assert "(no gap, no repeat)" in stdout
+    assert "demo finished" in stdout and "\x1b[" not in stdout
+
+
+async def test_demo_with_a_runc_container() -> None:
+    code, stdout, stderr = await cryo("demo", "--kind", "runc")
+    assert code == 0, stderr
+    assert "container 'demo' (runc) created" in stdout
+    assert "(no gap, no repeat)" in stdout
 
 
 async def test_trace_any_method_on_any_target_with_a_json_request(tmp_path: Path) -> None:

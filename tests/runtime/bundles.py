@@ -1,92 +1,39 @@
-"""Bundles and counters for the runtime's tests: what a container runs, and reading it.
+"""Counters for the runtime's tests: reading back what a container wrote.
 
-Owns: building a `process` bundle (a config.json whose process runs on the host) and a
-runc bundle (busybox-static in rootfs/bin, a config from ``runc spec`` with no terminal),
-both running a counter that writes 0, 1, 2, … one line per write; `CounterOutput`,
-which reads those numbers back from the file the runtime appends them to; and
-`wait_until`, for the things a test can only watch by looking again.
-
-Must not: start anything itself; the runtime under test does that.
+The bundles themselves come from `daemon.bundles` (re-exported here). Owns
+`CounterOutput`, which reads a counter's numbers back from the file the runtime
+appends them to, and `wait_until`, for the things a test can only watch by looking
+again.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
-# One os.write per number, so a checkpoint never splits a line; the pause keeps the
-# count small and the CPU free. An optional TCP connection (COUNTER_CONNECT=host:port)
-# makes a task CRIU refuses to dump without --tcp-established.
-PYTHON_COUNTER = """
-import os, socket, time
-target = os.environ.get("COUNTER_CONNECT")
-if target:
-    host, port = target.rsplit(":", 1)
-    held = socket.create_connection((host, int(port)))
-count = 0
-while True:
-    os.write(1, b"%d\\n" % count)
-    count += 1
-    time.sleep(0.01)
-"""
+from daemon.bundles import (
+    BUSYBOX_LINKS,
+    PYTHON_COUNTER,
+    SHELL_COUNTER,
+    busybox_path,
+    make_process_bundle,
+    make_runc_bundle,
+)
 
-# busybox sh: `echo` is a builtin (one write per line), `sleep` a fresh child each time.
-SHELL_COUNTER = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.01; done"
-
-BUSYBOX_LINKS = ("sh", "sleep", "echo", "cat", "true")
-
-
-def make_process_bundle(
-    directory: Path, *, args: list[str] | None = None, env: dict[str, str] | None = None
-) -> Path:
-    """A bundle for the `process` runtime; by default it runs the Python counter."""
-    directory.mkdir(parents=True, exist_ok=True)
-    environment = {"PATH": "/usr/local/bin:/usr/bin:/bin", **(env or {})}
-    config = {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False,
-            "args": args or [sys.executable, "-c", PYTHON_COUNTER],
-            "env": [f"{key}={value}" for key, value in environment.items()],
-            "cwd": "/",
-        },
-    }
-    (directory / "config.json").write_text(json.dumps(config, indent=1))
-    return directory
-
-
-def busybox_path() -> str | None:
-    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
-        if Path(candidate).is_file():
-            return candidate
-    return shutil.which("busybox")
-
-
-def make_runc_bundle(directory: Path, runc: str, *, command: str = SHELL_COUNTER) -> Path:
-    """A busybox-static bundle whose container runs *command* under ``sh -c``."""
-    busybox = busybox_path()
-    if busybox is None:
-        raise FileNotFoundError("busybox-static is not installed")
-    bin_dir = directory / "rootfs" / "bin"
-    bin_dir.mkdir(parents=True)
-    shutil.copy2(busybox, bin_dir / "busybox")
-    for name in BUSYBOX_LINKS:
-        (bin_dir / name).symlink_to("busybox")
-    subprocess.run([runc, "spec"], cwd=directory, check=True)
-    config_path = directory / "config.json"
-    config = json.loads(config_path.read_text())
-    config["process"]["terminal"] = False
-    config["process"]["args"] = ["sh", "-c", command]
-    config["root"]["readonly"] = False
-    config_path.write_text(json.dumps(config, indent=1))
-    return directory
+__all__ = [
+    "BUSYBOX_LINKS",
+    "PYTHON_COUNTER",
+    "SHELL_COUNTER",
+    "CounterOutput",
+    "assert_consecutive",
+    "busybox_path",
+    "make_process_bundle",
+    "make_runc_bundle",
+    "wait_until",
+]
 
 
 class CounterOutput:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-import runtime
+from daemon import supervisor
 from proto.types.api_cryo import APIStub
 from runtime.criu import CriuBinary, CriuNotFound
 from wire.client import ClientConn
@@ -59,12 +59,12 @@ def state_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 async def launched(
     tmp_path: Path, state_dir: Path, criu_path: str
-) -> AsyncIterator[runtime.LaunchedRuntime]:
-    async with runtime.launch(state_dir, log_file=tmp_path / "runtime.log") as running:
+) -> AsyncIterator[supervisor.LaunchedRuntime]:
+    async with supervisor.launch(state_dir, log_file=tmp_path / "runtime.log") as running:
         yield running
 
 
 @pytest.fixture
-async def api(launched: runtime.LaunchedRuntime) -> AsyncIterator[APIStub]:
+async def api(launched: supervisor.LaunchedRuntime) -> AsyncIterator[APIStub]:
     async with ClientConn(launched.target) as conn:
         yield APIStub(conn)

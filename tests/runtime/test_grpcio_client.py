@@ -16,7 +16,7 @@ import pytest
 import trio
 from google.protobuf.timestamp_pb2 import Timestamp
 
-import runtime
+from daemon import supervisor
 from proto.types import api_pb2, api_pb2_grpc
 from tests.runtime.bundles import CounterOutput, assert_consecutive, make_process_bundle
 
@@ -75,7 +75,7 @@ async def test_grpcio_stubs_checkpoint_and_restore_through_the_runtime(
 ) -> None:
     bundle = make_process_bundle(tmp_path / "bundle")
     output = tmp_path / "counter.out"
-    async with runtime.launch(tmp_path / "state") as launched:
+    async with supervisor.launch(tmp_path / "state") as launched:
         seen = await trio.to_thread.run_sync(
             drive_with_grpcio, f"unix:{launched.socket_path}", bundle, output
         )

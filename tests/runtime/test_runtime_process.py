@@ -23,7 +23,7 @@ import pytest
 import trio
 from google.protobuf.timestamp_pb2 import Timestamp
 
-import runtime
+from daemon import supervisor
 from proto.health import health_pb2
 from proto.health.health_cryo import HealthStub
 from proto.types import api_pb2
@@ -354,7 +354,7 @@ async def test_stdin_is_fed_from_its_file_and_output_appended(api: APIStub, tmp_
 
 async def test_health_version_socket_mode_and_shutdown(tmp_path: Path, criu_path: str) -> None:
     bundle = make_process_bundle(tmp_path / "bundle")
-    async with runtime.launch(tmp_path / "state") as launched:
+    async with supervisor.launch(tmp_path / "state") as launched:
         assert stat.S_IMODE(os.stat(launched.socket_path).st_mode) == 0o600
         async with ClientConn(launched.target) as conn:
             health = HealthStub(conn)
@@ -377,7 +377,7 @@ async def test_without_a_usable_criu_checkpoints_are_refused_clearly(tmp_path: P
     bundle = make_process_bundle(tmp_path / "bundle")
     output = CounterOutput(tmp_path / "counter.out")
     async with (
-        runtime.launch(tmp_path / "state", criu="/bin/true") as launched,
+        supervisor.launch(tmp_path / "state", criu="/bin/true") as launched,
         ClientConn(launched.target) as conn,
     ):
         api = APIStub(conn)
@@ -439,7 +439,7 @@ async def test_checkpoints_of_different_containers_run_at_once_and_others_are_se
     bundles = {name: make_process_bundle(tmp_path / name) for name in ("c1", "c2", "c3")}
     outputs = {name: CounterOutput(tmp_path / f"{name}.out") for name in ("c1", "c2")}
     async with (
-        runtime.launch(tmp_path / "state", criu=str(criu.path)) as launched,
+        supervisor.launch(tmp_path / "state", criu=str(criu.path)) as launched,
         ClientConn(launched.target) as conn,
     ):
         api = APIStub(conn)
@@ -511,7 +511,7 @@ async def test_a_runtime_killed_during_a_dump_recovers_with_nothing_half_written
     quiet = 0
     try:
         async with (
-            runtime.launch(state, criu=str(criu.path)) as first,
+            supervisor.launch(state, criu=str(criu.path)) as first,
             ClientConn(first.target) as conn,
         ):
             api = APIStub(conn)
@@ -551,7 +551,7 @@ async def test_a_runtime_killed_during_a_dump_recovers_with_nothing_half_written
         assert pid_alive(quiet)
 
         criu.fast()
-        async with runtime.launch(state, criu=str(criu.path)) as second:
+        async with supervisor.launch(state, criu=str(criu.path)) as second:
             assert os.listdir(checkpoints) == [], "recovery must remove the half-made checkpoint"
             assert os.listdir(state / "journal") == []
             async with ClientConn(second.target) as conn:

@@ -20,7 +20,7 @@ import pytest
 import trio
 from google.protobuf.timestamp_pb2 import Timestamp
 
-import runtime
+from daemon import supervisor
 from proto.types import api_pb2
 from proto.types.api_cryo import APIStub
 from tests.runtime.bundles import CounterOutput, assert_consecutive, make_runc_bundle
@@ -36,7 +36,7 @@ async def runc_api(tmp_path: Path, runc_path: str, criu_path: str) -> AsyncItera
     state = tmp_path / "state"
     try:
         async with (
-            runtime.launch(state, runc=runc_path, log_file=tmp_path / "runtime.log") as launched,
+            supervisor.launch(state, runc=runc_path, log_file=tmp_path / "runtime.log") as launched,
             ClientConn(launched.target) as conn,
         ):
             yield APIStub(conn)
@@ -158,7 +158,7 @@ async def test_the_runtime_deletes_its_runc_containers_when_it_stops(
     bundle = make_runc_bundle(tmp_path / "bundle", runc_path)
     state = tmp_path / "state"
     async with (
-        runtime.launch(state, runc=runc_path) as launched,
+        supervisor.launch(state, runc=runc_path) as launched,
         ClientConn(launched.target) as conn,
     ):
         api = APIStub(conn)

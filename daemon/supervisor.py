@@ -1,13 +1,14 @@
-"""Start the runtime as a child process and know when it is ready: ``runtime.launch``.
+"""Start the runtime as a child process and know when it is ready: ``launch``.
 
-    async with runtime.launch() as launched:
+    async with supervisor.launch() as launched:
         async with ClientConn(launched.target) as conn:
             ...
 
 Owns: starting ``python -m runtime`` on a unix socket in a fresh temporary directory
 (or the state directory given), waiting until it answers a health check, and stopping
 it afterwards: SIGTERM (the runtime then stops its containers), SIGKILL if it does not
-exit in time. For the daemon's supervision and demo, and for tests.
+exit in time. For the daemon's supervision and demo, and for tests. The daemon reaches the runtime
+only this way: a process it starts, and gRPC on the socket it names.
 
 Must not: talk ``types.API`` itself, or leave a process or a temporary directory behind.
 """

@@ -513,44 +513,64 @@ async def invoke(
     # An interceptor may have replaced the metadata: check it before any byte is sent.
     options.metadata = _checked_metadata(options.metadata)
     deadline = _deadline(options.timeout)
+    if math.isinf(deadline):
+        # No deadline, no cancel scope: scopes are not free, and W1 makes many calls.
+        return await _invoke_steps(
+            cc, method, request, options, serializer, deserializer, trace, deadline
+        )
+    with trio.CancelScope(deadline=deadline) as scope:
+        return await _invoke_steps(
+            cc, method, request, options, serializer, deserializer, trace, deadline
+        )
+    assert scope.cancelled_caught
+    raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+
+async def _invoke_steps(
+    cc: ClientConn,
+    method: str,
+    request: Any,
+    options: CallOptions,
+    serializer: Serializer,
+    deserializer: Deserializer,
+    trace: CallTrace | None,
+    deadline: float,
+) -> Any:
+    """The steps of `invoke` inside its deadline; the stream is released however it ends."""
     transport: Transport | None = None
     state: StreamState | None = None
-    with trio.CancelScope(deadline=deadline) as scope:
-        try:
-            if trace is None:
-                transport = await cc.get_transport(options.wait_for_ready)
-                state = await send_request(
-                    cc, transport, method, request, options, serializer, deadline
-                )
-                return await recv_response(transport, state, deserializer, options)
-            step = trace.start("get_transport")
-            reused = cc._transport
+    try:
+        if trace is None:
             transport = await cc.get_transport(options.wait_for_ready)
-            trace.attach(transport.connection.frame_tracer)
-            trace.end(step, conn=trace.conn_id, new_connection=transport is not reused)
-            step = trace.start("send_request")
             state = await send_request(
-                cc, transport, method, request, options, serializer, deadline, trace=trace
+                cc, transport, method, request, options, serializer, deadline
             )
-            trace.end(step)
-            step = trace.start("recv_response")
-            response = await recv_response(transport, state, deserializer, options)
-            trace.end(step, status="OK")
-            return response
-        except RpcError as exc:
-            if _reset_by_server_after_deadline(exc, state, deadline):
-                raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-            raise
-        finally:
-            if transport is not None and state is not None:
-                if state.ended is None:
-                    # Cancelled or timed out: tell the server (RST_STREAM(CANCEL)).
-                    transport.connection.cancel_stream(state.stream_id)
-                    transport.kick()
-                transport.release(state.stream_id)
-    if scope.cancelled_caught:
-        raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-    raise AssertionError("unreachable")
+            return await recv_response(transport, state, deserializer, options)
+        step = trace.start("get_transport")
+        reused = cc._transport
+        transport = await cc.get_transport(options.wait_for_ready)
+        trace.attach(transport.connection.frame_tracer)
+        trace.end(step, conn=trace.conn_id, new_connection=transport is not reused)
+        step = trace.start("send_request")
+        state = await send_request(
+            cc, transport, method, request, options, serializer, deadline, trace=trace
+        )
+        trace.end(step)
+        step = trace.start("recv_response")
+        response = await recv_response(transport, state, deserializer, options)
+        trace.end(step, status="OK")
+        return response
+    except RpcError as exc:
+        if _reset_by_server_after_deadline(exc, state, deadline):
+            raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+        raise
+    finally:
+        if transport is not None and state is not None:
+            if state.ended is None:
+                # Cancelled or timed out: tell the server (RST_STREAM(CANCEL)).
+                transport.connection.cancel_stream(state.stream_id)
+                transport.kick()
+            transport.release(state.stream_id)
 
 
 async def send_request(

@@ -75,6 +75,34 @@ from wire.status import (
 )
 from wire.trace import FrameTracer, TraceSink
 
+
+def _describe_data_frame_body(frame: Any) -> str:
+    """What hyperframe's repr shows of a DATA frame's body, from its first bytes only.
+
+    h2 formats every frame it receives for a debug line (`repr(frame)`) even when
+    nothing logs it, and hyperframe builds a DATA frame's repr by serialising and
+    hex-encoding the whole body, then keeping 20 hex digits: for a 1 MiB message that
+    is a megabyte copied and hex-encoded for nothing. This gives the very same text
+    from the first 11 bytes of the body.
+    """
+    pad_length = getattr(frame, "pad_length", 0) or 0
+    head = (bytes([pad_length]) if "PADDED" in frame.flags else b"") + bytes(frame.data[:11])
+    if len(head) < 11:
+        head += b"\0" * min(pad_length, 11 - len(head))
+    if not head:
+        return "None"
+    digits = head.hex()
+    return "<hex:" + (digits[:20] + "..." if len(digits) > 20 else digits) + ">"
+
+
+def _install_cheap_data_frame_repr() -> None:
+    data_frame_class = getattr(h2.connection, "DataFrame", None)
+    if data_frame_class is not None and hasattr(data_frame_class, "_body_repr"):
+        data_frame_class._body_repr = _describe_data_frame_body
+
+
+_install_cheap_data_frame_repr()
+
 MAX_WINDOW = 2**31 - 1
 DEFAULT_STREAM_WINDOW = 1024 * 1024
 DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
@@ -571,12 +599,17 @@ class GrpcConnection:
         elif isinstance(event, h2.events.ResponseReceived):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
+                if event.stream_ended is not None:
+                    stream.remote_closed = True  # Trailers-Only
                 self._on_response_headers(stream, event.headers, out)
                 if event.stream_ended is not None and not stream.finished:
                     self._finish_from_headers(stream, event.headers, out)
         elif isinstance(event, h2.events.TrailersReceived):
             stream = self._streams.get(event.stream_id)
             if stream is not None and not stream.finished:
+                # Trailers end the stream (their StreamEnded event comes next): the
+                # call is over on both sides, so nothing is left to reset.
+                stream.remote_closed = True
                 if not stream.decoder.at_message_boundary():
                     self._end_call(
                         stream,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from wire import events as ev
 from wire.connection import ConnectionConfig, GrpcConnection
 from wire.metadata import Metadata
@@ -272,3 +275,20 @@ def test_small_stream_window_takes_effect_only_when_acknowledged() -> None:
     assert not any(isinstance(e, ev.ConnectionFailed) for e in events)
     messages = [e for e in events if isinstance(e, ev.MessageReceived)]
     assert len(messages) == 1 and len(messages[0].payload) == 60_000
+
+
+@given(
+    data=st.binary(max_size=64),
+    padded=st.booleans(),
+    pad_length=st.integers(min_value=0, max_value=20),
+)
+def test_data_frame_repr_is_unchanged_but_cheap(data: bytes, padded: bool, pad_length: int) -> None:
+    """cryo replaces hyperframe's DATA-frame repr (which h2 computes for every frame it
+    receives) with one that reads only the first bytes; the text must stay the same."""
+    from hyperframe.frame import DataFrame, Frame
+
+    frame = DataFrame(1, data=data, flags=["PADDED"] if padded else [])
+    if padded:
+        frame.pad_length = pad_length
+    upstream = Frame._body_repr(frame)  # the generic fallback DATA frames used
+    assert frame._body_repr() == upstream

@@ -13,6 +13,7 @@ peer accepts), look at framing, or import ``trio``.
 from __future__ import annotations
 
 import abc
+import functools
 import zlib
 
 from wire.errors import RpcError
@@ -126,10 +127,12 @@ def accept_encoding_value(names: tuple[str, ...] = SUPPORTED_ENCODINGS) -> str:
     return ",".join(names)
 
 
+@functools.lru_cache(maxsize=64)
 def parse_accept_encoding(value: str | bytes | None) -> tuple[str, ...]:
     """The encodings a peer listed in ``grpc-accept-encoding``.
 
-    Names are trimmed and lower-cased; order is kept and repeats are dropped.
+    Names are trimmed and lower-cased; order is kept and repeats are dropped. A peer
+    sends the same value on every call, so answers are cached.
     """
     if value is None:
         return ()

@@ -349,7 +349,6 @@ class Server:
             keepalive=keepalive if keepalive is not None else KeepalivePolicy(),
         )
         self._transports: set[Transport] = set()
-        self._calls: dict[tuple[Transport, int], ServerCall] = {}
         self._listener_scopes: list[trio.CancelScope] = []
         self._serve_scope: trio.CancelScope | None = None
         self._shutting_down = False
@@ -520,8 +519,6 @@ class Server:
         code = StatusCode.OK
         message = ""
         details: StatusDetails | None = None
-        key = (transport, call.stream_id)
-        self._calls[key] = call
         if call._trace is not None:
             streaming = call._handler.cardinality is not Cardinality.UNARY_UNARY
             call._trace.start(
@@ -552,7 +549,6 @@ class Server:
         finally:
             if call._trace is not None:
                 _end_call_trace(call._trace, call, code, message)
-            self._calls.pop(key, None)
             transport.release(call.stream_id)
 
     async def _dispatch(self, call: ServerCall) -> None:

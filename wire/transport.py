@@ -245,6 +245,24 @@ class Transport:
 
     # -- tasks --------------------------------------------------------------------------
 
+    async def keepalive(self, interval: float, timeout: float, permit_without_calls: bool) -> None:
+        """Client keepalive (gRFC A8): PING after `interval` of quiet, and give the
+        connection up if the ACK takes longer than `timeout`. Without calls in flight
+        it stays silent unless `permit_without_calls`."""
+        sent = 0
+        while not self.closed:
+            await trio.sleep(interval)
+            if not self.streams and not permit_without_calls:
+                continue
+            sent += 1
+            data = b"ka%06d" % (sent % 1_000_000)
+            self.connection.ping(data)
+            with trio.move_on_after(timeout):
+                await self.wait_ping_ack(data)
+                continue
+            self.abort(f"keepalive ping not answered within {timeout} s")
+            return
+
     async def _writer(self) -> None:
         conn = self.connection
         try:

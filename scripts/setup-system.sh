@@ -18,7 +18,7 @@ source "$scripts_dir/setup-criu.sh"
 # busybox-static fills test container root filesystems; grpc-proto provides the
 # standard gRPC .proto files (health, status) that cryo compiles with protoc;
 # chromium loads the HTML trace diagram headless in a test.
-SYSTEM_PACKAGES=(runc iptables busybox-static grpc-proto protobuf-compiler chromium)
+SYSTEM_PACKAGES=(runc iptables busybox-static grpc-proto protobuf-compiler chromium openssl)
 
 main() {
     [[ $(id -u) == 0 ]] || die "run as root (apt-get, runc and criu need it)"

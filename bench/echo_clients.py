@@ -28,14 +28,11 @@ import trio
 
 from bench.cpu_time import own_cpu_seconds, process_cpu_seconds
 from bench.workloads import (
-    BIDI,
     CRYO,
     GRPCIO,
     GRPCIO_AIO,
     LIBRARIES,
-    SERVER_STREAM,
     TCP_TRIO,
-    UNARY,
     WORKLOADS,
     CellResult,
     Workload,
@@ -177,20 +174,18 @@ def thread_calls(
 
 
 async def run_cryo(w: Workload, port: int, meter: Meter, latencies: list[float]) -> int:
-    """Run the workload with cryo's client; returns how many operations completed."""
+    """Run the workload with cryo's generated Echo stub; returns how many operations
+    completed."""
+    from proto.echo.echo_cryo import EchoStub
     from wire.client import ClientConn
 
     async with ClientConn(f"127.0.0.1:{port}") as conn:
+        stub = EchoStub(conn)
         if w.id in ("W1", "W2", "W3"):
             request = Msg(payload=b"x" * w.payload)
 
             async def call() -> None:
-                reply = await conn.invoke(
-                    UNARY,
-                    request,
-                    request_serializer=Msg.SerializeToString,
-                    response_deserializer=Msg.FromString,
-                )
+                reply = await stub.Unary(request)
                 check_echo(reply, w.payload)
 
             await trio_calls(call, w.warmup, w.concurrency, None)
@@ -202,17 +197,11 @@ async def run_cryo(w: Workload, port: int, meter: Meter, latencies: list[float])
         if w.id == "W4":
 
             async def stream(n: int) -> int:
-                async with conn.open_stream(
-                    SERVER_STREAM,
-                    request_serializer=StreamReq.SerializeToString,
-                    response_deserializer=Msg.FromString,
-                ) as call:
-                    await call.send_message(StreamReq(count=n, size=w.payload))
-                    await call.done_writing()
-                    got = 0
-                    async for _ in call:
+                got = 0
+                async with stub.ServerStream(StreamReq(count=n, size=w.payload)) as responses:
+                    async for _ in responses:
                         got += 1
-                    return got
+                return got
 
             await stream(w.warmup)
             meter.start()
@@ -222,9 +211,7 @@ async def run_cryo(w: Workload, port: int, meter: Meter, latencies: list[float])
 
         # W5: ping-pong on one bidi stream; the warm-up uses the same stream.
         request = Msg(payload=b"x" * w.payload)
-        async with conn.open_stream(
-            BIDI, request_serializer=Msg.SerializeToString, response_deserializer=Msg.FromString
-        ) as bidi:
+        async with stub.Bidi() as bidi:
 
             async def round_trip() -> None:
                 await bidi.send_message(request)

@@ -26,7 +26,6 @@ import trio
 
 from bench.workloads import (
     CRYO,
-    ECHO_SERVICE,
     GRPCIO,
     GRPCIO_AIO,
     LIBRARIES,
@@ -77,45 +76,30 @@ def stop_when_told(max_seconds: float, stop: Callable[[], None] = _thread.interr
 
 
 async def serve_cryo(port: int) -> None:
-    from wire.server import (
-        Server,
-        ServerCall,
-        stream_stream,
-        stream_unary,
-        unary_stream,
-        unary_unary,
-    )
+    from proto.echo.echo_cryo import EchoServicer, add_EchoServicer_to_server
+    from wire.server import Server, ServerCall
 
-    async def unary(request: Msg, call: ServerCall) -> Msg:
-        return request
+    class Echo(EchoServicer):
+        async def Unary(self, request: Msg, call: ServerCall) -> Msg:
+            return request
 
-    async def server_stream(request: StreamReq, call: ServerCall) -> None:
-        message = Msg(payload=b"x" * request.size)
-        for _ in range(request.count):
-            await call.send_message(message)
+        async def ServerStream(self, request: StreamReq, call: ServerCall) -> None:
+            message = Msg(payload=b"x" * request.size)
+            for _ in range(request.count):
+                await call.send_message(message)
 
-    async def client_stream(call: ServerCall) -> Msg:
-        total = 0
-        async for request in call:
-            total += len(request.payload)
-        return Msg(payload=str(total).encode())
+        async def ClientStream(self, call: ServerCall) -> Msg:
+            total = 0
+            async for request in call:
+                total += len(request.payload)
+            return Msg(payload=str(total).encode())
 
-    async def bidi(call: ServerCall) -> None:
-        async for request in call:
-            await call.send_message(request)
+        async def Bidi(self, call: ServerCall) -> None:
+            async for request in call:
+                await call.send_message(request)
 
     server = Server()
-    server.add_service(
-        ECHO_SERVICE,
-        {
-            "Unary": unary_unary(unary, Msg.FromString, Msg.SerializeToString),
-            "ServerStream": unary_stream(
-                server_stream, StreamReq.FromString, Msg.SerializeToString
-            ),
-            "ClientStream": stream_unary(client_stream, Msg.FromString, Msg.SerializeToString),
-            "Bidi": stream_stream(bidi, Msg.FromString, Msg.SerializeToString),
-        },
-    )
+    add_EchoServicer_to_server(Echo(), server)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(server.serve_tcp, port)
         announce(bound)

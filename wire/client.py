@@ -10,6 +10,12 @@ Each of those functions says in its docstring which grpc-go function it mirrors.
 `ClientConn` owns its connections (lazily made, remade on the next call after a
 failure) and the nursery their reader and writer tasks run in. It makes no protocol
 decisions; the sans-I/O `GrpcConnection` does.
+
+Streaming calls (`ClientCall`) come either in a block whose cancel scope carries the
+deadline (`open_stream`) or free-standing, enforcing the deadline in each operation
+(`start_stream`). Both open their stream in `ClientConn._start_call` and let it go
+in `ClientCall.close` (or, for a call dropped without closing it, in
+`_let_go_dropped_call`), and nowhere else.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import math
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
@@ -236,7 +242,8 @@ class ClientConn:
 
         The deadline covers the whole block; when it passes, the call is cancelled
         (RST_STREAM(CANCEL)) and the block raises `RpcError(DEADLINE_EXCEEDED)`.
-        Leaving the block before the call ended cancels it.
+        Leaving the block before the call ended cancels it. For a call that must
+        outlive a block, see `start_stream`.
         """
         options = CallOptions(
             timeout,
@@ -245,38 +252,160 @@ class ClientConn:
             wait_for_ready,
         )
         deadline = _deadline(options.timeout)
-        call: ClientCall[Any, Any] | None = None
-        tracer = self._tracer
-        trace = CallTrace(tracer, "client", method=method) if tracer is not None else None
+        trace = self._call_trace(method)
         root = trace.start("ClientConn.open_stream", timeout=timeout) if trace is not None else 0
         with trio.CancelScope(deadline=deadline) as scope:
-            transport = await self.get_transport(wait_for_ready)
-            if trace is not None:
-                trace.attach(transport.connection.frame_tracer)
-            state = await new_stream(self, transport, method, options, deadline, trace=trace)
-            # The HEADERS go now: the caller may wait for the server before sending.
-            transport.kick()
-            call = ClientCall(transport, state, request_serializer, response_deserializer, method)
-            call._trace = trace
+            # The block's scope carries the deadline, so the call's operations need none.
+            call = await self._start_call(
+                method,
+                options,
+                deadline,
+                request_serializer,
+                response_deserializer,
+                trace,
+                root,
+                deadline_per_operation=False,
+            )
             try:
                 yield call
             except RpcError as exc:
-                if _reset_by_server_after_deadline(exc, state, deadline):
+                if _reset_by_server_after_deadline(exc, call._state, deadline):
                     raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
                 raise
             finally:
-                call._release()
-                if trace is not None:
-                    code = call.code
-                    trace.end(
-                        root,
-                        status=code.name if code is not None else "CANCELLED",
-                        message=call.details or "",
-                    )
+                call._note_deadline_if_passed()
+                call.close()
         if scope.cancelled_caught:
             if trace is not None:
                 trace.end_all(status="DEADLINE_EXCEEDED", message="deadline exceeded")
             raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    async def start_stream(
+        self,
+        method: str,
+        *,
+        request_serializer: Serializer = _identity,
+        response_deserializer: Deserializer = _identity,
+        timeout: float | None = None,
+        metadata: Metadata | MetadataSource | None = None,
+        compression: str | None = None,
+        wait_for_ready: bool = False,
+    ) -> ClientCall[Any, Any]:
+        """Start a streaming call that is not tied to a block (grpc-go `ClientConn.NewStream`).
+
+            call = await conn.start_stream("/pkg.Svc/Watch", timeout=30)
+            try:
+                await call.send_message(request)
+                await call.done_writing()
+                async for reply in call:
+                    ...
+            finally:
+                await call.aclose()
+
+        The call opens its stream as `open_stream` does, but no cancel scope outlives
+        this method: the deadline is enforced by each operation (`send_message`,
+        `done_writing`, `receive_message`, `initial_metadata`) under a scope of its
+        own. An operation that meets the deadline resets the stream
+        (RST_STREAM(CANCEL)) and raises `RpcError(DEADLINE_EXCEEDED)`, as do the
+        operations after it. So the call may be kept in an object and stepped from
+        anywhere, such as an async iterator its user may leave at any `break`
+        (`wire.stubs.ResponseStream`), without corrupting trio's scope stack.
+
+        The caller owns the call: `close()` or `aclose()` frees its stream (cancelling
+        it first if it has not ended). A call dropped without that is let go soon after
+        it is garbage-collected, from the trio scheduler.
+        """
+        options = CallOptions(
+            timeout,
+            _checked_metadata(metadata),
+            compression if compression is not None else self.compression,
+            wait_for_ready,
+        )
+        deadline = _deadline(options.timeout)
+        trace = self._call_trace(method)
+        root = 0
+        if trace is not None:
+            # Not one of the steps `wire.trace.STEPS` names: say here what it mirrors.
+            root = trace.start(
+                "ClientConn.start_stream",
+                grpc_go="ClientConn.NewStream",
+                func="wire/client.py:ClientConn.start_stream",
+                timeout=timeout,
+            )
+        if math.isinf(deadline):
+            return await self._start_call(
+                method,
+                options,
+                deadline,
+                request_serializer,
+                response_deserializer,
+                trace,
+                root,
+                deadline_per_operation=True,
+            )
+        with trio.CancelScope(deadline=deadline):
+            return await self._start_call(
+                method,
+                options,
+                deadline,
+                request_serializer,
+                response_deserializer,
+                trace,
+                root,
+                deadline_per_operation=True,
+            )
+        if trace is not None:
+            trace.end_all(status="DEADLINE_EXCEEDED", message="deadline exceeded")
+        raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    async def _start_call(
+        self,
+        method: str,
+        options: CallOptions,
+        deadline: float,
+        request_serializer: Serializer,
+        response_deserializer: Deserializer,
+        trace: CallTrace | None,
+        trace_root: int,
+        *,
+        deadline_per_operation: bool,
+    ) -> ClientCall[Any, Any]:
+        """Open a streaming call's stream and send its HEADERS.
+
+        The one place where `open_stream` and `start_stream` open a stream; the one
+        place that lets it go is `ClientCall.close`. The caller holds the deadline's
+        cancel scope around this step. Nothing here waits once the stream is open, so
+        a cancellation cannot leave an opened stream without its `ClientCall`.
+        """
+        try:
+            transport = await self.get_transport(options.wait_for_ready)
+            if trace is not None:
+                trace.attach(transport.connection.frame_tracer)
+            state = await new_stream(self, transport, method, options, deadline, trace=trace)
+        except Exception as exc:
+            if trace is not None:
+                if isinstance(exc, RpcError):
+                    trace.end(trace_root, status=exc.code.name, message=exc.message)
+                else:
+                    trace.end(trace_root, error=type(exc).__name__)
+            raise
+        # The HEADERS go now: the caller may wait for the server before sending.
+        transport.kick()
+        return ClientCall(
+            transport,
+            state,
+            request_serializer,
+            response_deserializer,
+            method,
+            deadline=deadline,
+            deadline_per_operation=deadline_per_operation,
+            trace=trace,
+            trace_root=trace_root,
+        )
+
+    def _call_trace(self, method: str) -> CallTrace | None:
+        tracer = self._tracer
+        return CallTrace(tracer, "client", method=method) if tracer is not None else None
 
     # -- connections --------------------------------------------------------------------
 
@@ -329,7 +458,9 @@ class ClientCall(Generic[Req, Resp]):
 
     `send_message` / `done_writing` / `receive_message` mirror grpc-go's `SendMsg`,
     `CloseSend` and `RecvMsg`. `receive_message` returns None at the end of a
-    successful stream and raises `RpcError` for any other status.
+    successful stream and raises `RpcError` for any other status. `close()` lets the
+    call go: `open_stream` does it when its block ends, the owner of a call from
+    `start_stream` does it when done.
     """
 
     def __init__(
@@ -339,16 +470,29 @@ class ClientCall(Generic[Req, Resp]):
         serializer: Serializer,
         deserializer: Deserializer,
         method: str,
+        *,
+        deadline: float = math.inf,
+        deadline_per_operation: bool = False,
+        trace: CallTrace | None = None,
+        trace_root: int = 0,
     ) -> None:
         self._transport = transport
         self._state = state
         self._serialize = serializer
         self._deserialize = deserializer
         self.method = method
+        self._deadline = deadline
+        # Finite only for a call from `start_stream`: each operation then runs in a
+        # cancel scope of its own, since no scope of the caller's carries the deadline.
+        self._operation_deadline = deadline if deadline_per_operation else math.inf
         self._cancelled = False
+        # Why the call was given up locally, when not by `cancel()`: later operations
+        # and the trace report this status instead of CANCELLED.
+        self._failure: tuple[StatusCode, str] | None = None
         self._released = False
         self._last_message_compressed = False
-        self._trace: CallTrace | None = None
+        self._trace = trace
+        self._trace_root = trace_root
 
     @property
     def stream_id(self) -> int:
@@ -369,9 +513,18 @@ class ClientCall(Generic[Req, Resp]):
         If the server already ended the call, this returns quietly: the status will
         come from `receive_message` (as grpc-go returns io.EOF from SendMsg).
         """
+        if math.isinf(self._operation_deadline):
+            await self._send_message(message, compress)
+            return
+        with trio.CancelScope(deadline=self._operation_deadline):
+            await self._send_message(message, compress)
+            return
+        raise self._deadline_passed()
+
+    async def _send_message(self, message: Req, compress: bool) -> None:
         state = self._state
         if self._cancelled:
-            raise RpcError(StatusCode.CANCELLED, "the call was cancelled")
+            raise self._local_error()
         if state.ended is not None:
             return
         trace = self._trace
@@ -402,15 +555,28 @@ class ClientCall(Generic[Req, Resp]):
         if trace is not None:
             trace.end(span)
         self._transport.kick()
-        await trio.lowlevel.checkpoint()
+        if math.isinf(self._operation_deadline):
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.CancelScope(deadline=self._operation_deadline):
+            await trio.lowlevel.checkpoint()
+            return
+        raise self._deadline_passed()
 
     async def receive_message(self) -> Resp | None:
         """The next response message, or None when the stream ended with OK."""
+        if math.isinf(self._operation_deadline):
+            return await self._receive_message()
+        with trio.CancelScope(deadline=self._operation_deadline):
+            return await self._receive_message()
+        raise self._deadline_passed()
+
+    async def _receive_message(self) -> Resp | None:
         state = self._state
         transport = self._transport
         while True:
             if self._cancelled:
-                raise RpcError(StatusCode.CANCELLED, "the call was cancelled")
+                raise self._local_error()
             if state.messages:
                 message = state.messages.popleft()
                 self._last_message_compressed = message.compressed
@@ -427,10 +593,15 @@ class ClientCall(Generic[Req, Resp]):
                     transport.kick()
                 response: Resp = _deserialize(self._deserialize, message.payload, self)
                 return response
-            if state.ended is not None:
-                if state.ended.code != StatusCode.OK:
-                    raise state.ended.to_error(self._initial_or_none())
-                return None
+            ended = state.ended
+            if ended is not None:
+                if ended.code == StatusCode.OK:
+                    return None
+                if ended.code == StatusCode.CANCELLED and trio.current_time() >= self._deadline:
+                    # The server enforced our grpc-timeout and its RST_STREAM(CANCEL)
+                    # beat our own timer: the call did time out (grpc-go PR 2211).
+                    raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                raise ended.to_error(self._initial_or_none())
             await state.lot.park()
 
     def __aiter__(self) -> AsyncIterator[Resp]:
@@ -445,8 +616,17 @@ class ClientCall(Generic[Req, Resp]):
 
     async def initial_metadata(self) -> Metadata:
         """The response headers' metadata (grpc-go `Header()`): waits for them."""
+        if math.isinf(self._operation_deadline):
+            return await self._initial_metadata()
+        with trio.CancelScope(deadline=self._operation_deadline):
+            return await self._initial_metadata()
+        raise self._deadline_passed()
+
+    async def _initial_metadata(self) -> Metadata:
         state = self._state
         while state.headers is None and state.ended is None:
+            if self._cancelled:
+                raise self._local_error()
             await state.lot.park()
         return state.headers.metadata if state.headers is not None else Metadata()
 
@@ -477,18 +657,104 @@ class ClientCall(Generic[Req, Resp]):
                 trace.end(span)
             self._transport.kick()
 
+    def close(self) -> None:
+        """Let the call go: free its stream, after RST_STREAM(CANCEL) if it still runs.
+
+        Idempotent, and never blocks. Afterwards the stream no longer counts against
+        the server's MAX_CONCURRENT_STREAMS; what the call had received stays readable,
+        and an operation that would have to wait raises CANCELLED.
+        """
+        if self._released:
+            return
+        self._released = True
+        state = self._state
+        if state.ended is None and not self._cancelled:
+            self._cancelled = True
+            self._transport.connection.cancel_stream(state.stream_id)
+            self._transport.kick()
+        self._transport.release(state.stream_id)
+        trace = self._trace
+        if trace is not None:
+            status, message = self._final_status()
+            trace.end(self._trace_root, status=status, message=message)
+
+    async def aclose(self) -> None:
+        """`close()`, then a checkpoint, as an async close is expected to have."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def __del__(self) -> None:
+        # A call from `start_stream` dropped without `close()` (say, a `break` out of a
+        # loop over it). It is let go from the scheduler, never from here: a garbage
+        # collection may run in the middle of the connection's own code.
+        if getattr(self, "_released", True):
+            return
+        self._released = True
+        with suppress(RuntimeError):  # trio has stopped, and the connection with it
+            trio.lowlevel.current_trio_token().run_sync_soon(
+                _let_go_dropped_call,
+                self._transport,
+                self._state,
+                not self._cancelled,
+                self._trace,
+                self._trace_root,
+            )
+
+    # -- internals --------------------------------------------------------------------
+
+    def _deadline_passed(self) -> RpcError:
+        """An operation's scope hit the deadline: reset the stream if the call still
+        runs, and say so in this and every later operation."""
+        if self._failure is None:
+            self._failure = (StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        if self._state.ended is None and not self._cancelled:
+            self._cancelled = True
+            self._transport.connection.cancel_stream(self._state.stream_id)
+            self._transport.kick()
+        return RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    def _note_deadline_if_passed(self) -> None:
+        """`open_stream`'s block ends: if its deadline cut the call short, the trace
+        should say DEADLINE_EXCEEDED rather than CANCELLED."""
+        if (
+            self._failure is None
+            and self._state.ended is None
+            and trio.current_time() >= self._deadline
+        ):
+            self._failure = (StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    def _local_error(self) -> RpcError:
+        code, message = self._failure or (StatusCode.CANCELLED, "the call was cancelled")
+        return RpcError(code, message)
+
+    def _final_status(self) -> tuple[str, str]:
+        ended = self._state.ended
+        if ended is not None:
+            return ended.code.name, ended.message
+        code, message = self._failure or (StatusCode.CANCELLED, "")
+        return code.name, message
+
     def _initial_or_none(self) -> Metadata | None:
         headers = self._state.headers
         return headers.metadata if headers is not None else None
 
-    def _release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        if self._state.ended is None and not self._cancelled:
-            self._transport.connection.cancel_stream(self._state.stream_id)
-            self._transport.kick()
-        self._transport.release(self._state.stream_id)
+
+def _let_go_dropped_call(
+    transport: Transport,
+    state: StreamState,
+    reset: bool,
+    trace: CallTrace | None,
+    trace_root: int,
+) -> None:
+    """`ClientCall.close` for a call that was garbage-collected, run by the scheduler."""
+    if trace is not None:
+        trace.end(trace_root, status="CANCELLED", message="the call was dropped")
+    if transport.closed:
+        return  # its streams went with it
+    if reset and state.ended is None:
+        transport.connection.cancel_stream(state.stream_id)
+        transport.kick()
+    transport.release(state.stream_id)
 
 
 # -- the unary call path, step by step (grpc-go call.go) ------------------------------

@@ -10,243 +10,23 @@ Services: cryo.bench.Echo.
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar
-
-import trio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractAsyncContextManager
+from typing import ClassVar
 
 from proto.echo import echo_pb2
-from wire.client import CallOptions, ClientCall, ClientConn, new_stream
-from wire.errors import ProtocolMisuse, RpcError
+from wire.client import ClientCall, ClientConn
+from wire.errors import RpcError
 from wire.metadata import Metadata
 from wire.server import Server, ServerCall, stream_stream, stream_unary, unary_stream, unary_unary
 from wire.status import StatusCode
-from wire.transport import Transport
+from wire.stubs import ResponseStream
 
 __all__ = [
     "EchoServicer",
     "EchoStub",
-    "ResponseStream",
     "add_EchoServicer_to_server",
 ]
-
-
-_Resp = TypeVar("_Resp")
-
-
-class ResponseStream(Generic[_Resp]):
-    """The responses of one server-streaming call.
-
-    Use it as a block, whose end ends the call and whose deadline covers the block:
-
-        async with stub.Method(request) as responses:
-            async for response in responses:
-                ...
-
-    or iterate it directly:
-
-        async for response in stub.Method(request):
-            ...
-
-    Iterated directly, the call starts at the first step and is let go when the
-    responses end, at `aclose()`, or (if the loop is left early) soon after the
-    object is dropped. Between two steps it holds no cancel scope, so leaving the loop
-    early is safe under trio; the deadline is enforced in every step.
-    """
-
-    def __init__(
-        self,
-        conn: ClientConn,
-        method: str,
-        request: object,
-        request_serializer: Callable[[Any], bytes],
-        response_deserializer: Callable[[bytes], _Resp],
-        options: CallOptions,
-    ) -> None:
-        self._conn = conn
-        self._method = method
-        self._request = request
-        self._serialize = request_serializer
-        self._deserialize = response_deserializer
-        self._options = options
-        self._deadline = math.inf
-        self._call: ClientCall[Any, _Resp] | None = None
-        self._block: AsyncExitStack | None = None
-        # Set while a directly iterated call holds a stream on this connection.
-        self._transport: Transport | None = None
-        self._finished = False
-
-    # -- as a block -------------------------------------------------------------------
-
-    async def __aenter__(self) -> ResponseStream[_Resp]:
-        if self._call is not None or self._finished:
-            raise ProtocolMisuse("this call has already started")
-        options = self._options
-        async with AsyncExitStack() as stack:
-            call: ClientCall[Any, _Resp] = await stack.enter_async_context(
-                self._conn.open_stream(
-                    self._method,
-                    request_serializer=self._serialize,
-                    response_deserializer=self._deserialize,
-                    timeout=options.timeout,
-                    metadata=options.metadata,
-                    compression=options.compression,
-                    wait_for_ready=options.wait_for_ready,
-                )
-            )
-            await call.send_message(self._request)
-            await call.done_writing()
-            self._call = call
-            self._block = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        block, self._block = self._block, None
-        self._finished = True
-        if block is None:
-            return None
-        return await block.__aexit__(exc_type, exc, traceback)
-
-    # -- as an iterator ---------------------------------------------------------------
-
-    def __aiter__(self) -> ResponseStream[_Resp]:
-        return self
-
-    async def __anext__(self) -> _Resp:
-        if self._finished:
-            raise StopAsyncIteration
-        if self._block is not None and self._call is not None:
-            # Inside `async with`: the block's cancel scope carries the deadline.
-            message = await self._call.receive_message()
-        else:
-            message = await self._step_directly()
-        if message is None:
-            raise StopAsyncIteration
-        return message
-
-    async def aclose(self) -> None:
-        """Stop early: the call is cancelled (RST_STREAM(CANCEL)) if it still runs."""
-        if self._block is not None and self._call is not None:
-            self._call.cancel()
-        else:
-            self._let_go()
-        await trio.lowlevel.checkpoint()
-
-    # -- the call ---------------------------------------------------------------------
-
-    async def initial_metadata(self) -> Metadata:
-        """The response headers' metadata; waits for them (and starts the call)."""
-        call = self._call if self._call is not None else await self._start()
-        if self._block is not None:
-            return await call.initial_metadata()
-        with trio.CancelScope(deadline=self._deadline):
-            return await call.initial_metadata()
-        self._let_go()
-        raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-
-    @property
-    def trailing_metadata(self) -> Metadata | None:
-        """The trailers' metadata, once the call ended."""
-        return self._call.trailing_metadata if self._call is not None else None
-
-    @property
-    def code(self) -> StatusCode | None:
-        """The call's status code, once it ended."""
-        return self._call.code if self._call is not None else None
-
-    @property
-    def details(self) -> str | None:
-        """The call's status message, once it ended."""
-        return self._call.details if self._call is not None else None
-
-    @property
-    def last_message_compressed(self) -> bool:
-        """Whether the response received last had its compressed flag set."""
-        return self._call.last_message_compressed if self._call is not None else False
-
-    def cancel(self) -> None:
-        """Cancel the call; the next step raises RpcError(CANCELLED)."""
-        if self._call is not None:
-            self._call.cancel()
-
-    async def _step_directly(self) -> _Resp | None:
-        call = self._call if self._call is not None else await self._start()
-        with trio.CancelScope(deadline=self._deadline):
-            try:
-                message = await call.receive_message()
-            except RpcError as exc:
-                self._let_go()
-                if exc.code == StatusCode.CANCELLED and trio.current_time() >= self._deadline:
-                    # The server enforced our grpc-timeout and its RST_STREAM(CANCEL) came
-                    # before our own timer: the call timed out (as `open_stream` says).
-                    raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-                raise
-            except BaseException:
-                self._let_go()
-                raise
-            if message is None:
-                self._let_go()
-            return message
-        self._let_go()
-        raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-
-    async def _start(self) -> ClientCall[Any, _Resp]:
-        if self._finished:
-            raise ProtocolMisuse("this call has already ended")
-        if self._block is not None:
-            raise ProtocolMisuse("this call is used as a block; enter it first")
-        conn, options = self._conn, self._options
-        if options.compression is None:
-            options.compression = conn.compression
-        if options.timeout is not None:
-            self._deadline = trio.current_time() + options.timeout
-        with trio.CancelScope(deadline=self._deadline):
-            try:
-                transport = await conn.get_transport(options.wait_for_ready)
-                state = await new_stream(conn, transport, self._method, options, self._deadline)
-                self._transport = transport
-                call: ClientCall[Any, _Resp] = ClientCall(
-                    transport, state, self._serialize, self._deserialize, self._method
-                )
-                self._call = call
-                await call.send_message(self._request)
-                await call.done_writing()
-            except BaseException:
-                self._let_go()
-                raise
-            return call
-        self._let_go()
-        raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-
-    def _let_go(self) -> None:
-        self._finished = True
-        transport, self._transport = self._transport, None
-        if transport is not None and self._call is not None:
-            _release(transport, self._call)
-
-    def __del__(self) -> None:
-        # Dropped in the middle of a directly iterated call (a `break` out of the loop).
-        # The stream is let go from the scheduler, never from here: a garbage collection
-        # may run in the middle of the connection's own code.
-        transport, call = self._transport, self._call
-        if transport is None or call is None:
-            return
-        with contextlib.suppress(RuntimeError):  # trio has stopped, with the connection
-            trio.lowlevel.current_trio_token().run_sync_soon(_release, transport, call)
-
-
-def _release(transport: Transport, call: ClientCall[Any, Any]) -> None:
-    call.cancel()  # RST_STREAM(CANCEL), unless the call has already ended
-    transport.release(call.stream_id)
 
 
 class EchoStub:
@@ -297,7 +77,10 @@ class EchoStub:
             request,
             echo_pb2.StreamReq.SerializeToString,
             echo_pb2.Msg.FromString,
-            CallOptions(timeout, metadata, compression, wait_for_ready),
+            timeout=timeout,
+            metadata=metadata,
+            compression=compression,
+            wait_for_ready=wait_for_ready,
         )
 
     def ClientStream(

@@ -20,7 +20,8 @@ What `x/y.proto` gives, in `x/y_cryo.py` (files without a service give nothing):
     compression=None, wait_for_ready=False, header=None, trailer=None) -> Response`;
     `header` and `trailer` are `Metadata` objects filled with the response's.
   - server-streaming: `stub.ServerStream(request, *, timeout, metadata, compression,
-    wait_for_ready)` returns a `ResponseStream[Response]`. Use it as
+    wait_for_ready)` returns a `wire.stubs.ResponseStream[Response]` (imported, not
+    copied into the module). Use it as
     `async with stub.ServerStream(request) as responses: async for r in responses`,
     or iterate it directly: `async for r in stub.ServerStream(request)`. Iterated
     directly it holds no cancel scope between steps, so breaking out of the loop is
@@ -44,8 +45,8 @@ What `x/y.proto` gives, in `x/y_cryo.py` (files without a service give nothing):
   full path with the messages' serializers.
 * `SERVICE_NAME` on the stub and servicer classes: the service's full name.
 
-Generated modules import only `wire`, `trio`, the standard library and their `_pb2`
-modules, and pass `mypy --strict` together with the `.pyi` files of those.
+Generated modules import only `wire`, the standard library and their `_pb2` modules,
+and pass `mypy --strict` together with the `.pyi` files of those.
 An rpc named after a Python keyword gets a trailing underscore (`import_`).
 """
 

@@ -1,10 +1,11 @@
 """The text of one generated `_cryo.py` module, made from one `.proto` file's descriptor.
 
 This module owns the mapping from a `FileDescriptorProto` to Python source: which
-`_pb2` modules to import and under which names, what each service's stub, servicer
-and registration function look like, and the response-stream class that
-server-streaming stubs return. The shape of that output is described in
-`proto.plugin`'s docstring.
+`_pb2` modules to import and under which names, and what each service's stub,
+servicer and registration function look like. The shape of that output is described
+in `proto.plugin`'s docstring. Code that every generated module needs (the
+`ResponseStream` of server-streaming stubs) lives in `wire.stubs` and is imported,
+never written out here.
 
 It must not read stdin, write files, or import `wire`: it only writes text that
 imports `wire`. Everything it returns is a pure function of its inputs, so that
@@ -112,8 +113,6 @@ def render_stub_module(
     aliases = _module_aliases(
         [ref.module for method in methods for ref in (method.request, method.response)]
     )
-    needs_stream_class = any(m.server_streaming and not m.client_streaming for m in methods)
-
     out: list[str] = []
     names = ", ".join(service.full_name for service in services)
     out += [
@@ -130,7 +129,7 @@ def render_stub_module(
         "from __future__ import annotations",
         "",
     ]
-    out += _import_block(methods, aliases, needs_stream_class)
+    out += _import_block(methods, aliases)
     exported: list[str] = []
     for service in services:
         exported += [
@@ -138,13 +137,9 @@ def render_stub_module(
             f"{service.name}Servicer",
             f"add_{service.name}Servicer_to_server",
         ]
-    if needs_stream_class:
-        exported.append("ResponseStream")
     out += ["", "__all__ = ["]
     out += [f'{INDENT}"{name}",' for name in sorted(exported)]
     out.append("]")
-    if needs_stream_class:
-        out += ["", "", *_RESPONSE_STREAM.strip("\n").splitlines()]
     for service in services:
         out += ["", "", *_render_stub(service, aliases)]
         out += ["", "", *_render_servicer(service, aliases)]
@@ -223,9 +218,7 @@ def _module_aliases(modules: Iterable[str]) -> dict[str, str]:
 # -- imports -----------------------------------------------------------------------------
 
 
-def _import_block(
-    methods: list[Method], aliases: Mapping[str, str], needs_stream_class: bool
-) -> list[str]:
+def _import_block(methods: list[Method], aliases: Mapping[str, str]) -> list[str]:
     unary_unary = any(not m.client_streaming and not m.server_streaming for m in methods)
     unary_stream = any(not m.client_streaming and m.server_streaming for m in methods)
     stream_unary = any(m.client_streaming and not m.server_streaming for m in methods)
@@ -237,13 +230,6 @@ def _import_block(
         stdlib.setdefault("collections.abc", set()).update({"AsyncIterator", "Awaitable"})
     if stream_unary or stream_stream:
         stdlib.setdefault("contextlib", set()).add("AbstractAsyncContextManager")
-    plain_stdlib: list[str] = []
-    if needs_stream_class:
-        plain_stdlib += ["contextlib", "math"]
-        stdlib["collections.abc"].add("Callable")
-        stdlib.setdefault("contextlib", set()).add("AsyncExitStack")
-        stdlib.setdefault("types", set()).add("TracebackType")
-        stdlib["typing"].update({"Any", "Generic", "TypeVar"})
 
     wire: dict[str, set[str]] = {
         "wire.errors": {"RpcError"},
@@ -255,11 +241,9 @@ def _import_block(
         wire["wire.metadata"] = {"Metadata"}
     if stream_unary or stream_stream:
         client.add("ClientCall")
-    if needs_stream_class:
-        client.update({"CallOptions", "ClientCall", "new_stream"})
-        wire["wire.errors"].add("ProtocolMisuse")
-        wire["wire.transport"] = {"Transport"}
     wire["wire.client"] = client
+    if unary_stream:
+        wire["wire.stubs"] = {"ResponseStream"}
     for flag, helper in (
         (unary_unary, "unary_unary"),
         (unary_stream, "unary_stream"),
@@ -290,11 +274,8 @@ def _import_block(
     for module, members in wire.items():
         first_party.append(((module,), _from_import(module, members)))
 
-    lines = [f"import {name}" for name in sorted(plain_stdlib)]
-    lines += [_from_import(module, members) for module, members in sorted(stdlib.items())]
+    lines = [_from_import(module, members) for module, members in sorted(stdlib.items())]
     lines.append("")
-    if needs_stream_class:
-        third_party.append((("trio",), "import trio"))
     if third_party:
         lines += _sorted_section(third_party)
         lines.append("")
@@ -443,9 +424,12 @@ def _render_stub(service: Service, aliases: Mapping[str, str]) -> list[str]:
                 f"{i3}request,",
                 f"{i3}{request}.SerializeToString,",
                 f"{i3}{response}.FromString,",
-                f"{i3}CallOptions(timeout, metadata, compression, wait_for_ready),",
-                f"{i2})",
             ]
+            lines += [
+                f"{i3}{name}={name},"
+                for name in ("timeout", "metadata", "compression", "wait_for_ready")
+            ]
+            lines.append(f"{i2})")
         else:
             lines += [f"{i1}def {method.attribute}(", f"{i2}self,", f"{i2}*,"]
             lines += [f"{i2}{option}" for option in _call_options(unary=False)]
@@ -551,221 +535,3 @@ def _render_registration(service: Service, aliases: Mapping[str, str]) -> list[s
         ]
     lines += [f"{i2}}},", f"{i1})"]
     return lines
-
-
-# The class server-streaming stubs return; written once into each module that needs it,
-# so that generated modules import nothing but `wire`, `trio` and their `_pb2` modules.
-_RESPONSE_STREAM = '''
-_Resp = TypeVar("_Resp")
-
-
-class ResponseStream(Generic[_Resp]):
-    """The responses of one server-streaming call.
-
-    Use it as a block, whose end ends the call and whose deadline covers the block:
-
-        async with stub.Method(request) as responses:
-            async for response in responses:
-                ...
-
-    or iterate it directly:
-
-        async for response in stub.Method(request):
-            ...
-
-    Iterated directly, the call starts at the first step and is let go when the
-    responses end, at `aclose()`, or (if the loop is left early) soon after the
-    object is dropped. Between two steps it holds no cancel scope, so leaving the loop
-    early is safe under trio; the deadline is enforced in every step.
-    """
-
-    def __init__(
-        self,
-        conn: ClientConn,
-        method: str,
-        request: object,
-        request_serializer: Callable[[Any], bytes],
-        response_deserializer: Callable[[bytes], _Resp],
-        options: CallOptions,
-    ) -> None:
-        self._conn = conn
-        self._method = method
-        self._request = request
-        self._serialize = request_serializer
-        self._deserialize = response_deserializer
-        self._options = options
-        self._deadline = math.inf
-        self._call: ClientCall[Any, _Resp] | None = None
-        self._block: AsyncExitStack | None = None
-        # Set while a directly iterated call holds a stream on this connection.
-        self._transport: Transport | None = None
-        self._finished = False
-
-    # -- as a block -------------------------------------------------------------------
-
-    async def __aenter__(self) -> ResponseStream[_Resp]:
-        if self._call is not None or self._finished:
-            raise ProtocolMisuse("this call has already started")
-        options = self._options
-        async with AsyncExitStack() as stack:
-            call: ClientCall[Any, _Resp] = await stack.enter_async_context(
-                self._conn.open_stream(
-                    self._method,
-                    request_serializer=self._serialize,
-                    response_deserializer=self._deserialize,
-                    timeout=options.timeout,
-                    metadata=options.metadata,
-                    compression=options.compression,
-                    wait_for_ready=options.wait_for_ready,
-                )
-            )
-            await call.send_message(self._request)
-            await call.done_writing()
-            self._call = call
-            self._block = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        block, self._block = self._block, None
-        self._finished = True
-        if block is None:
-            return None
-        return await block.__aexit__(exc_type, exc, traceback)
-
-    # -- as an iterator ---------------------------------------------------------------
-
-    def __aiter__(self) -> ResponseStream[_Resp]:
-        return self
-
-    async def __anext__(self) -> _Resp:
-        if self._finished:
-            raise StopAsyncIteration
-        if self._block is not None and self._call is not None:
-            # Inside `async with`: the block's cancel scope carries the deadline.
-            message = await self._call.receive_message()
-        else:
-            message = await self._step_directly()
-        if message is None:
-            raise StopAsyncIteration
-        return message
-
-    async def aclose(self) -> None:
-        """Stop early: the call is cancelled (RST_STREAM(CANCEL)) if it still runs."""
-        if self._block is not None and self._call is not None:
-            self._call.cancel()
-        else:
-            self._let_go()
-        await trio.lowlevel.checkpoint()
-
-    # -- the call ---------------------------------------------------------------------
-
-    async def initial_metadata(self) -> Metadata:
-        """The response headers' metadata; waits for them (and starts the call)."""
-        call = self._call if self._call is not None else await self._start()
-        if self._block is not None:
-            return await call.initial_metadata()
-        with trio.CancelScope(deadline=self._deadline):
-            return await call.initial_metadata()
-        self._let_go()
-        raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-
-    @property
-    def trailing_metadata(self) -> Metadata | None:
-        """The trailers' metadata, once the call ended."""
-        return self._call.trailing_metadata if self._call is not None else None
-
-    @property
-    def code(self) -> StatusCode | None:
-        """The call's status code, once it ended."""
-        return self._call.code if self._call is not None else None
-
-    @property
-    def details(self) -> str | None:
-        """The call's status message, once it ended."""
-        return self._call.details if self._call is not None else None
-
-    @property
-    def last_message_compressed(self) -> bool:
-        """Whether the response received last had its compressed flag set."""
-        return self._call.last_message_compressed if self._call is not None else False
-
-    def cancel(self) -> None:
-        """Cancel the call; the next step raises RpcError(CANCELLED)."""
-        if self._call is not None:
-            self._call.cancel()
-
-    async def _step_directly(self) -> _Resp | None:
-        call = self._call if self._call is not None else await self._start()
-        with trio.CancelScope(deadline=self._deadline):
-            try:
-                message = await call.receive_message()
-            except RpcError as exc:
-                self._let_go()
-                if exc.code == StatusCode.CANCELLED and trio.current_time() >= self._deadline:
-                    # The server enforced our grpc-timeout and its RST_STREAM(CANCEL) came
-                    # before our own timer: the call timed out (as `open_stream` says).
-                    raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-                raise
-            except BaseException:
-                self._let_go()
-                raise
-            if message is None:
-                self._let_go()
-            return message
-        self._let_go()
-        raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-
-    async def _start(self) -> ClientCall[Any, _Resp]:
-        if self._finished:
-            raise ProtocolMisuse("this call has already ended")
-        if self._block is not None:
-            raise ProtocolMisuse("this call is used as a block; enter it first")
-        conn, options = self._conn, self._options
-        if options.compression is None:
-            options.compression = conn.compression
-        if options.timeout is not None:
-            self._deadline = trio.current_time() + options.timeout
-        with trio.CancelScope(deadline=self._deadline):
-            try:
-                transport = await conn.get_transport(options.wait_for_ready)
-                state = await new_stream(conn, transport, self._method, options, self._deadline)
-                self._transport = transport
-                call: ClientCall[Any, _Resp] = ClientCall(
-                    transport, state, self._serialize, self._deserialize, self._method
-                )
-                self._call = call
-                await call.send_message(self._request)
-                await call.done_writing()
-            except BaseException:
-                self._let_go()
-                raise
-            return call
-        self._let_go()
-        raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-
-    def _let_go(self) -> None:
-        self._finished = True
-        transport, self._transport = self._transport, None
-        if transport is not None and self._call is not None:
-            _release(transport, self._call)
-
-    def __del__(self) -> None:
-        # Dropped in the middle of a directly iterated call (a `break` out of the loop).
-        # The stream is let go from the scheduler, never from here: a garbage collection
-        # may run in the middle of the connection's own code.
-        transport, call = self._transport, self._call
-        if transport is None or call is None:
-            return
-        with contextlib.suppress(RuntimeError):  # trio has stopped, with the connection
-            trio.lowlevel.current_trio_token().run_sync_soon(_release, transport, call)
-
-
-def _release(transport: Transport, call: ClientCall[Any, Any]) -> None:
-    call.cancel()  # RST_STREAM(CANCEL), unless the call has already ended
-    transport.release(call.stream_id)
-'''

@@ -1,4 +1,4 @@
-"""cryo's interop client: the 18 official cases (wire.md) on `wire.client.ClientConn`.
+"""cryo's interop client: the 18 official cases (wire.md) through the generated stubs.
 
 This module owns one coroutine per case, each doing what grpc's
 `doc/interop-test-descriptions.md` says that case sends and asserting what it says
@@ -11,8 +11,9 @@ It prints `PASS <case>` or `FAIL <case>: <reason>` per case and exits non-zero i
 failed. A case fails by raising (`InteropCheckFailed`, or an `RpcError` it did not
 expect); it must not print or exit on its own, so tests can call `run_case` directly.
 
-Where a case must see the per-message compressed flag of a response, it makes the
-call with `open_stream` (any cardinality) and reads `ClientCall.last_message_compressed`.
+Every call goes through the generated `TestServiceStub` and `UnimplementedServiceStub`
+(`proto/interop/test_cryo.py`), as a user of cryo would make it. The one exception is
+`server_compressed_unary`, which must see a unary response's compressed flag: see there.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from __future__ import annotations
 import argparse
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypeVar
 
 if __package__ in (None, ""):
     # Run as `python tests/interop/client.py`: make the repository importable.
@@ -31,9 +32,10 @@ if __package__ in (None, ""):
 import trio
 
 from proto.interop import empty_pb2, messages_pb2
+from proto.interop.test_cryo import TestServiceStub, UnimplementedServiceStub
 from tests.interop import interop_cases as spec
 from tests.interop.interop_cases import check, require
-from wire.client import ClientCall, ClientConn
+from wire.client import ClientConn
 from wire.errors import RpcError
 from wire.metadata import Metadata
 from wire.status import StatusCode
@@ -41,34 +43,7 @@ from wire.status import StatusCode
 CASE_TIMEOUT = 30.0
 """No case needs more than a fraction of this; it only stops a hung case."""
 
-_SimpleResponse = messages_pb2.SimpleResponse
-_StreamRequest = messages_pb2.StreamingOutputCallRequest
-_StreamResponse = messages_pb2.StreamingOutputCallResponse
-
-
-class _Codecs(TypedDict):
-    """The (de)serialisers of one method, passed on with `**`."""
-
-    request_serializer: Callable[[Any], bytes]
-    response_deserializer: Callable[[bytes], Any]
-
-
-_UNARY = _Codecs(
-    request_serializer=messages_pb2.SimpleRequest.SerializeToString,
-    response_deserializer=_SimpleResponse.FromString,
-)
-_EMPTY = _Codecs(
-    request_serializer=empty_pb2.Empty.SerializeToString,
-    response_deserializer=empty_pb2.Empty.FromString,
-)
-_INPUT = _Codecs(
-    request_serializer=messages_pb2.StreamingInputCallRequest.SerializeToString,
-    response_deserializer=messages_pb2.StreamingInputCallResponse.FromString,
-)
-_OUTPUT = _Codecs(
-    request_serializer=_StreamRequest.SerializeToString,
-    response_deserializer=_StreamResponse.FromString,
-)
+T = TypeVar("T")
 
 
 async def expect_status(code: StatusCode, call: Awaitable[Any], what: str) -> RpcError:
@@ -84,25 +59,25 @@ async def expect_status(code: StatusCode, call: Awaitable[Any], what: str) -> Rp
     raise spec.InteropCheckFailed(f"{what}: succeeded, expected {code.name}")
 
 
-async def _drain(call: ClientCall[Any, Any]) -> list[Any]:
-    return [message async for message in call]
+async def _drain(responses: AsyncIterable[T]) -> list[T]:
+    return [message async for message in responses]
 
 
 # -- the cases ------------------------------------------------------------------------
 
 
 async def empty_unary(conn: ClientConn) -> None:
-    response = await conn.invoke(spec.EMPTY_CALL, spec.empty(), **_EMPTY)
+    response = await TestServiceStub(conn).EmptyCall(spec.empty())
     check(isinstance(response, empty_pb2.Empty), "EmptyCall returned no Empty message")
 
 
 async def large_unary(conn: ClientConn) -> None:
-    response = await conn.invoke(spec.UNARY_CALL, spec.large_unary_request(), **_UNARY)
+    response = await TestServiceStub(conn).UnaryCall(spec.large_unary_request())
     spec.check_zero_body(response.payload, spec.LARGE_RESPONSE_SIZE, "UnaryCall")
 
 
 async def client_streaming(conn: ClientConn) -> None:
-    async with conn.open_stream(spec.STREAMING_INPUT_CALL, **_INPUT) as call:
+    async with TestServiceStub(conn).StreamingInputCall() as call:
         for size in spec.CLIENT_STREAMING_SIZES:
             await call.send_message(spec.streaming_input_request(size))
         await call.done_writing()
@@ -119,15 +94,12 @@ async def client_streaming(conn: ClientConn) -> None:
 
 async def server_streaming(conn: ClientConn) -> None:
     request = spec.streaming_output_request(spec.SERVER_STREAMING_SIZES)
-    async with conn.open_stream(spec.STREAMING_OUTPUT_CALL, **_OUTPUT) as call:
-        await call.send_message(request)
-        await call.done_writing()
-        responses = await _drain(call)
+    responses = await _drain(TestServiceStub(conn).StreamingOutputCall(request))
     spec.check_sizes(responses, spec.SERVER_STREAMING_SIZES, "StreamingOutputCall")
 
 
 async def ping_pong(conn: ClientConn) -> None:
-    async with conn.open_stream(spec.FULL_DUPLEX_CALL, **_OUTPUT) as call:
+    async with TestServiceStub(conn).FullDuplexCall() as call:
         for request_size, response_size in zip(
             spec.PING_PONG_REQUEST_SIZES, spec.SERVER_STREAMING_SIZES, strict=True
         ):
@@ -143,7 +115,7 @@ async def ping_pong(conn: ClientConn) -> None:
 
 
 async def empty_stream(conn: ClientConn) -> None:
-    async with conn.open_stream(spec.FULL_DUPLEX_CALL, **_OUTPUT) as call:
+    async with TestServiceStub(conn).FullDuplexCall() as call:
         await call.done_writing()
         responses = await _drain(call)
     check(responses == [], f"FullDuplexCall sent {len(responses)} responses, expected none")
@@ -172,14 +144,10 @@ def _check_echoed(initial: Metadata | None, trailing: Metadata | None, what: str
 
 
 async def custom_metadata(conn: ClientConn) -> None:
+    stub = TestServiceStub(conn)
     header, trailer = Metadata(), Metadata()
-    response = await conn.invoke(
-        spec.UNARY_CALL,
-        spec.large_unary_request(),
-        **_UNARY,
-        metadata=_echo_metadata(),
-        header=header,
-        trailer=trailer,
+    response = await stub.UnaryCall(
+        spec.large_unary_request(), metadata=_echo_metadata(), header=header, trailer=trailer
     )
     spec.check_zero_body(response.payload, spec.LARGE_RESPONSE_SIZE, "UnaryCall")
     _check_echoed(header, trailer, "UnaryCall")
@@ -187,9 +155,7 @@ async def custom_metadata(conn: ClientConn) -> None:
     request = spec.streaming_output_request(
         [spec.LARGE_RESPONSE_SIZE], request_size=spec.LARGE_REQUEST_SIZE
     )
-    async with conn.open_stream(
-        spec.FULL_DUPLEX_CALL, **_OUTPUT, metadata=_echo_metadata()
-    ) as call:
+    async with stub.FullDuplexCall(metadata=_echo_metadata()) as call:
         await call.send_message(request)
         await call.done_writing()
         responses = await _drain(call)
@@ -200,19 +166,18 @@ async def custom_metadata(conn: ClientConn) -> None:
 
 
 async def _check_echo_status(conn: ClientConn, message: str, *, streaming: bool) -> None:
+    stub = TestServiceStub(conn)
     code = StatusCode(spec.STATUS_CODE_UNKNOWN)
     if not streaming:
         error = await expect_status(
-            code,
-            conn.invoke(spec.UNARY_CALL, spec.status_request(code, message), **_UNARY),
-            "UnaryCall",
+            code, stub.UnaryCall(spec.status_request(code, message)), "UnaryCall"
         )
         check(
             error.message == message,
             f"UnaryCall: status message {error.message!r}, expected {message!r}",
         )
         return
-    async with conn.open_stream(spec.FULL_DUPLEX_CALL, **_OUTPUT) as call:
+    async with stub.FullDuplexCall() as call:
         await call.send_message(spec.status_streaming_request(code, message))
         await call.done_writing()
         error = await expect_status(code, _drain(call), "FullDuplexCall")
@@ -234,7 +199,7 @@ async def special_status_message(conn: ClientConn) -> None:
 async def unimplemented_method(conn: ClientConn) -> None:
     await expect_status(
         StatusCode.UNIMPLEMENTED,
-        conn.invoke(spec.UNIMPLEMENTED_CALL, spec.empty(), **_EMPTY),
+        TestServiceStub(conn).UnimplementedCall(spec.empty()),
         "TestService/UnimplementedCall",
     )
 
@@ -242,20 +207,20 @@ async def unimplemented_method(conn: ClientConn) -> None:
 async def unimplemented_service(conn: ClientConn) -> None:
     await expect_status(
         StatusCode.UNIMPLEMENTED,
-        conn.invoke(spec.UNIMPLEMENTED_SERVICE_CALL, spec.empty(), **_EMPTY),
+        UnimplementedServiceStub(conn).UnimplementedCall(spec.empty()),
         "UnimplementedService/UnimplementedCall",
     )
 
 
 async def cancel_after_begin(conn: ClientConn) -> None:
-    async with conn.open_stream(spec.STREAMING_INPUT_CALL, **_INPUT) as call:
+    async with TestServiceStub(conn).StreamingInputCall() as call:
         call.cancel()
         await expect_status(StatusCode.CANCELLED, call.receive_message(), "StreamingInputCall")
 
 
 async def cancel_after_first_response(conn: ClientConn) -> None:
     request = spec.streaming_output_request([31415], request_size=27182)
-    async with conn.open_stream(spec.FULL_DUPLEX_CALL, **_OUTPUT) as call:
+    async with TestServiceStub(conn).FullDuplexCall() as call:
         await call.send_message(request)
         require(await call.receive_message(), "FullDuplexCall ended before its first reply")
         call.cancel()
@@ -264,8 +229,8 @@ async def cancel_after_first_response(conn: ClientConn) -> None:
 
 async def timeout_on_sleeping_server(conn: ClientConn) -> None:
     async def call_and_wait() -> None:
-        async with conn.open_stream(
-            spec.FULL_DUPLEX_CALL, **_OUTPUT, timeout=spec.SLEEPING_SERVER_TIMEOUT
+        async with TestServiceStub(conn).FullDuplexCall(
+            timeout=spec.SLEEPING_SERVER_TIMEOUT
         ) as call:
             await call.send_message(
                 messages_pb2.StreamingOutputCallRequest(payload=spec.zeros(27182))
@@ -276,18 +241,17 @@ async def timeout_on_sleeping_server(conn: ClientConn) -> None:
 
 
 async def client_compressed_unary(conn: ClientConn) -> None:
+    stub = TestServiceStub(conn)
     # The probe: an uncompressed request that claims to be compressed must be refused,
     # else the server cannot tell and the rest of the case would prove nothing.
     await expect_status(
         StatusCode.INVALID_ARGUMENT,
-        conn.invoke(spec.UNARY_CALL, spec.large_unary_request(expect_compressed=True), **_UNARY),
+        stub.UnaryCall(spec.large_unary_request(expect_compressed=True)),
         "UnaryCall probe (uncompressed, expect_compressed=true)",
     )
     for compressed in (True, False):
-        response = await conn.invoke(
-            spec.UNARY_CALL,
+        response = await stub.UnaryCall(
             spec.large_unary_request(expect_compressed=compressed),
-            **_UNARY,
             compression="gzip" if compressed else None,
         )
         spec.check_zero_body(
@@ -296,8 +260,16 @@ async def client_compressed_unary(conn: ClientConn) -> None:
 
 
 async def server_compressed_unary(conn: ClientConn) -> None:
+    # The case checks the compressed flag of the one response message, and the stub's
+    # unary method (like grpc-go's Invoke) returns only the message. So this call is
+    # made as a stream of one request and one response on the same method, whose
+    # `ClientCall` reports the flag; the bytes on the wire are those of a unary call.
     for compressed in (True, False):
-        async with conn.open_stream(spec.UNARY_CALL, **_UNARY) as call:
+        async with conn.open_stream(
+            spec.UNARY_CALL,
+            request_serializer=messages_pb2.SimpleRequest.SerializeToString,
+            response_deserializer=messages_pb2.SimpleResponse.FromString,
+        ) as call:
             await call.send_message(spec.large_unary_request(response_compressed=compressed))
             await call.done_writing()
             response = require(await call.receive_message(), "UnaryCall ended without a response")
@@ -311,8 +283,9 @@ async def server_compressed_unary(conn: ClientConn) -> None:
 
 
 async def client_compressed_streaming(conn: ClientConn) -> None:
+    stub = TestServiceStub(conn)
     first, second = spec.COMPRESSED_STREAMING_SIZES
-    async with conn.open_stream(spec.STREAMING_INPUT_CALL, **_INPUT) as call:
+    async with stub.StreamingInputCall() as call:
         await call.send_message(spec.streaming_input_request(first, expect_compressed=True))
         await call.done_writing()
         await expect_status(
@@ -320,7 +293,7 @@ async def client_compressed_streaming(conn: ClientConn) -> None:
             call.receive_message(),
             "StreamingInputCall probe (uncompressed, expect_compressed=true)",
         )
-    async with conn.open_stream(spec.STREAMING_INPUT_CALL, **_INPUT, compression="gzip") as call:
+    async with stub.StreamingInputCall(compression="gzip") as call:
         await call.send_message(
             spec.streaming_input_request(first, expect_compressed=True), compress=True
         )
@@ -342,15 +315,13 @@ async def server_compressed_streaming(conn: ClientConn) -> None:
     flags = [compressed for compressed, _ in spec.SERVER_COMPRESSED_STREAMING]
     sizes = [size for _, size in spec.SERVER_COMPRESSED_STREAMING]
     request = spec.streaming_output_request(sizes, compressed=flags)
-    responses: list[Any] = []
+    received: list[messages_pb2.StreamingOutputCallResponse] = []
     seen_flags: list[bool] = []
-    async with conn.open_stream(spec.STREAMING_OUTPUT_CALL, **_OUTPUT) as call:
-        await call.send_message(request)
-        await call.done_writing()
-        async for response in call:
-            responses.append(response)
-            seen_flags.append(call.last_message_compressed)
-    spec.check_sizes(responses, sizes, "StreamingOutputCall")
+    async with TestServiceStub(conn).StreamingOutputCall(request) as responses:
+        async for response in responses:
+            received.append(response)
+            seen_flags.append(responses.last_message_compressed)
+    spec.check_sizes(received, sizes, "StreamingOutputCall")
     check(seen_flags == flags, f"compressed flags {seen_flags}, expected {flags}")
 
 

@@ -1,15 +1,18 @@
 """The interop TestService (grpc `doc/interop-test-descriptions.md`) served by cryo.
 
-This module owns the handlers of `grpc.testing.TestService` written against cryo's
-`wire.server` (a hand-written method table, no generated stubs), and the command line
-the official interop runners use:
+This module owns `InteropTestService`, the handlers of `grpc.testing.TestService`
+written as an override of the generated `TestServiceServicer`
+(`proto/interop/test_cryo.py`) and registered with the generated
+`add_TestServiceServicer_to_server`, and the command line the official interop
+runners use:
 
     python -m tests.interop.server --port=N [--use_tls=false] [--host=127.0.0.1]
 
 With `--port=0` it binds a free port; either way it prints `listening on HOST:PORT`
-once it accepts connections. It must not reach beyond loopback unless told to, and it
-implements neither `UnimplementedCall` nor `grpc.testing.UnimplementedService`: those
-must stay unknown to the server.
+once it accepts connections. It must not reach beyond loopback unless told to. It
+leaves `UnimplementedCall` to the generated base class, which answers UNIMPLEMENTED
+(as the official servers do), and does not serve `grpc.testing.UnimplementedService`
+at all, which must stay unknown to the server.
 
 Compression is strict, as in grpc's C++ interop server: `expect_compressed` true needs
 the request's compressed flag set, and false needs it clear.
@@ -31,18 +34,11 @@ if __package__ in (None, ""):
 import trio
 
 from proto.interop import empty_pb2, messages_pb2
+from proto.interop.test_cryo import TestServiceServicer, add_TestServiceServicer_to_server
 from tests.interop.interop_cases import ECHO_INITIAL_KEY, ECHO_TRAILING_KEY
 from wire.errors import RpcError
 from wire.metadata import Metadata
-from wire.server import (
-    MethodHandler,
-    Server,
-    ServerCall,
-    stream_stream,
-    stream_unary,
-    unary_stream,
-    unary_unary,
-)
+from wire.server import Server, ServerCall
 from wire.status import StatusCode
 
 Request = messages_pb2.SimpleRequest
@@ -94,33 +90,6 @@ async def _echo_metadata(call: ServerCall) -> None:
         await call.send_initial_metadata(Metadata([(ECHO_INITIAL_KEY, initial)]))
 
 
-async def empty_call(request: empty_pb2.Empty, call: ServerCall) -> empty_pb2.Empty:
-    await _echo_metadata(call)
-    return empty_pb2.Empty()
-
-
-async def unary_call(request: Request, call: ServerCall) -> messages_pb2.SimpleResponse:
-    _check_compression(
-        call, request.expect_compressed if request.HasField("expect_compressed") else None
-    )
-    if request.response_compressed.value:
-        # Must precede the response headers, which _echo_metadata may send.
-        call.set_compression("gzip")
-    await _echo_metadata(call)
-    _check_echo_status(call, request.response_status)
-    _check_response_type(request.response_type)
-    return messages_pb2.SimpleResponse(payload=_payload(request.response_size))
-
-
-async def cacheable_unary_call(request: Request, call: ServerCall) -> messages_pb2.SimpleResponse:
-    # The timestamp makes every answer different; a caching proxy would repeat one.
-    await call.send_initial_metadata(Metadata([("cache-control", "max-age=60, public")]))
-    body = str(time.time_ns()).encode()
-    return messages_pb2.SimpleResponse(
-        payload=messages_pb2.Payload(type=messages_pb2.COMPRESSABLE, body=body)
-    )
-
-
 async def _send_responses(call: ServerCall, request: StreamRequest) -> None:
     _check_response_type(request.response_type)
     for parameters in request.response_parameters:
@@ -131,77 +100,75 @@ async def _send_responses(call: ServerCall, request: StreamRequest) -> None:
         )
 
 
-async def streaming_output_call(request: StreamRequest, call: ServerCall) -> None:
-    if any(p.compressed.value for p in request.response_parameters):
-        # Per message after this: the `compressed` flag of each ResponseParameters.
-        call.set_compression("gzip")
-    await _echo_metadata(call)
-    await _send_responses(call, request)
-    _check_echo_status(call, request.response_status)
+class InteropTestService(TestServiceServicer):
+    """grpc.testing.TestService as the interop cases expect it (UnimplementedCall is
+    the generated base class's: UNIMPLEMENTED)."""
 
+    async def EmptyCall(self, request: empty_pb2.Empty, call: ServerCall) -> empty_pb2.Empty:
+        await _echo_metadata(call)
+        return empty_pb2.Empty()
 
-async def streaming_input_call(call: ServerCall) -> messages_pb2.StreamingInputCallResponse:
-    await _echo_metadata(call)
-    total = 0
-    async for request in call:
+    async def UnaryCall(self, request: Request, call: ServerCall) -> messages_pb2.SimpleResponse:
         _check_compression(
             call, request.expect_compressed if request.HasField("expect_compressed") else None
         )
-        total += len(request.payload.body)
-    return messages_pb2.StreamingInputCallResponse(aggregated_payload_size=total)
-
-
-async def full_duplex_call(call: ServerCall) -> None:
-    # Which responses are compressed is only known request by request, and the
-    # encoding must be chosen before the headers: offer gzip, flag per message.
-    call.set_compression("gzip")
-    await _echo_metadata(call)
-    async for request in call:
+        if request.response_compressed.value:
+            # Must precede the response headers, which _echo_metadata may send.
+            call.set_compression("gzip")
+        await _echo_metadata(call)
         _check_echo_status(call, request.response_status)
+        _check_response_type(request.response_type)
+        return messages_pb2.SimpleResponse(payload=_payload(request.response_size))
+
+    async def CacheableUnaryCall(
+        self, request: Request, call: ServerCall
+    ) -> messages_pb2.SimpleResponse:
+        # The timestamp makes every answer different; a caching proxy would repeat one.
+        await call.send_initial_metadata(Metadata([("cache-control", "max-age=60, public")]))
+        body = str(time.time_ns()).encode()
+        return messages_pb2.SimpleResponse(
+            payload=messages_pb2.Payload(type=messages_pb2.COMPRESSABLE, body=body)
+        )
+
+    async def StreamingOutputCall(self, request: StreamRequest, call: ServerCall) -> None:
+        if any(p.compressed.value for p in request.response_parameters):
+            # Per message after this: the `compressed` flag of each ResponseParameters.
+            call.set_compression("gzip")
+        await _echo_metadata(call)
         await _send_responses(call, request)
-
-
-async def half_duplex_call(call: ServerCall) -> None:
-    call.set_compression("gzip")
-    await _echo_metadata(call)
-    requests = [request async for request in call]
-    for request in requests:
         _check_echo_status(call, request.response_status)
-        await _send_responses(call, request)
 
+    async def StreamingInputCall(self, call: ServerCall) -> messages_pb2.StreamingInputCallResponse:
+        await _echo_metadata(call)
+        total = 0
+        async for request in call:
+            _check_compression(
+                call, request.expect_compressed if request.HasField("expect_compressed") else None
+            )
+            total += len(request.payload.body)
+        return messages_pb2.StreamingInputCallResponse(aggregated_payload_size=total)
 
-def test_service_methods() -> dict[str, MethodHandler]:
-    """The method table of grpc.testing.TestService (UnimplementedCall left out)."""
-    return {
-        "EmptyCall": unary_unary(
-            empty_call, empty_pb2.Empty.FromString, empty_pb2.Empty.SerializeToString
-        ),
-        "UnaryCall": unary_unary(
-            unary_call, Request.FromString, messages_pb2.SimpleResponse.SerializeToString
-        ),
-        "CacheableUnaryCall": unary_unary(
-            cacheable_unary_call, Request.FromString, messages_pb2.SimpleResponse.SerializeToString
-        ),
-        "StreamingOutputCall": unary_stream(
-            streaming_output_call, StreamRequest.FromString, StreamResponse.SerializeToString
-        ),
-        "StreamingInputCall": stream_unary(
-            streaming_input_call,
-            messages_pb2.StreamingInputCallRequest.FromString,
-            messages_pb2.StreamingInputCallResponse.SerializeToString,
-        ),
-        "FullDuplexCall": stream_stream(
-            full_duplex_call, StreamRequest.FromString, StreamResponse.SerializeToString
-        ),
-        "HalfDuplexCall": stream_stream(
-            half_duplex_call, StreamRequest.FromString, StreamResponse.SerializeToString
-        ),
-    }
+    async def FullDuplexCall(self, call: ServerCall) -> None:
+        # Which responses are compressed is only known request by request, and the
+        # encoding must be chosen before the headers: offer gzip, flag per message.
+        call.set_compression("gzip")
+        await _echo_metadata(call)
+        async for request in call:
+            _check_echo_status(call, request.response_status)
+            await _send_responses(call, request)
+
+    async def HalfDuplexCall(self, call: ServerCall) -> None:
+        call.set_compression("gzip")
+        await _echo_metadata(call)
+        requests = [request async for request in call]
+        for request in requests:
+            _check_echo_status(call, request.response_status)
+            await _send_responses(call, request)
 
 
 def build_server() -> Server:
     server = Server()
-    server.add_service("grpc.testing.TestService", test_service_methods())
+    add_TestServiceServicer_to_server(InteropTestService(), server)
     return server
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -21,6 +22,9 @@ from wire.errors import RpcError
 from wire.metadata import Metadata
 from wire.server import Server
 from wire.status import StatusCode
+from wire.stubs import ResponseStream
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -261,6 +265,25 @@ async def test_server_streaming_deadline(
         assert received == [1]
         with trio.fail_after(5):
             await seen.count_stopped.wait()
+
+
+async def test_server_streaming_stubs_return_wires_one_response_stream(
+    target: str, relay_cryo: ModuleType, common_pb2: ModuleType
+) -> None:
+    async with ClientConn(target) as conn:
+        responses = relay_cryo.RelayStub(conn).Count(common_pb2.Note(number=2))
+        assert isinstance(responses, ResponseStream)
+        assert [note.number async for note in responses] == [1, 2]
+
+
+def test_generated_modules_import_the_response_stream_instead_of_copying_it(
+    generated_dir: Path,
+) -> None:
+    fixture = generated_dir / "cryofixture" / "relay_cryo.py"
+    modules = [fixture, *sorted((REPO_ROOT / "proto").rglob("*_cryo.py"))]
+    copies = [path.name for path in modules if "class ResponseStream" in path.read_text()]
+    assert copies == []
+    assert "from wire.stubs import ResponseStream" in modules[0].read_text()
 
 
 async def test_response_stream_reports_metadata_and_status(

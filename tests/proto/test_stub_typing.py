@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from cryofixture import common_pb2, relay_cryo, relay_pb2
 from wire.client import ClientConn
 from wire.server import Server, ServerCall
+from wire.stubs import ResponseStream
 
 
 class Relay(relay_cryo.RelayServicer):
@@ -54,6 +55,8 @@ async def use(conn: ClientConn) -> list[int]:
     stub = relay_cryo.RelayStub(conn)
     loud: common_pb2.Note = await stub.Shout(common_pb2.Note(text="hi"), timeout=1.0)
     numbers = [note.number async for note in stub.Count(common_pb2.Note(number=3))]
+    counted: ResponseStream[common_pb2.Note] = stub.Count(common_pb2.Note(number=1))
+    numbers += [note.number async for note in counted]
     async with stub.Count(common_pb2.Note(number=3)) as responses:
         async for note in responses:
             numbers.append(note.number)
@@ -77,6 +80,7 @@ from __future__ import annotations
 from cryofixture import common_pb2, relay_cryo, relay_pb2
 from wire.client import ClientConn
 from wire.server import ServerCall
+from wire.stubs import ResponseStream
 
 
 class Wrong(relay_cryo.RelayServicer):
@@ -92,6 +96,7 @@ async def use(conn: ClientConn) -> str:
         await call.send_message(relay_pb2.Envelope.Sealed())  # error
     async for note in stub.Count(common_pb2.Note()):
         print(note.nonexistent)  # error
+    sealed: ResponseStream[relay_pb2.Envelope.Sealed] = stub.Count(common_pb2.Note())  # error
     return reply.number  # error
 """
 

@@ -28,6 +28,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
+import h2.errors
 import trio
 import trio.lowlevel
 
@@ -72,6 +73,21 @@ class CallOptions:
     trailer: Metadata | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClientKeepalive:
+    """Client keepalive pings (gRFC A8); off unless given to `ClientConn`.
+
+    A PING goes out after `time` seconds, and the connection is given up (its calls
+    fail UNAVAILABLE) if the ACK takes longer than `timeout`. Without calls in flight
+    no pings are sent unless `permit_without_calls`. Servers limit how often they may
+    come (grpc-go: at most every 5 minutes by default).
+    """
+
+    time: float
+    timeout: float = 20.0
+    permit_without_calls: bool = False
+
+
 UnaryInvoker = Callable[[str, Any, CallOptions], Awaitable[Any]]
 UnaryClientInterceptor = Callable[[str, Any, CallOptions, UnaryInvoker], Awaitable[Any]]
 """grpc-go's `UnaryClientInterceptor`: `(method, request, options, invoker) -> response`.
@@ -101,8 +117,10 @@ class ClientConn:
         tracer: TraceSink | None = None,
         user_agent: str | None = None,
         connection_config: ConnectionConfig | None = None,
+        keepalive: ClientKeepalive | None = None,
     ) -> None:
         self.target: Target = parse_target(target)
+        self.keepalive = keepalive
         self._ssl_context = ssl_context
         self._server_hostname = server_hostname
         self.authority = authority or self.target.authority
@@ -442,6 +460,7 @@ class ClientConn:
         )
         connection = GrpcConnection(self._config, tracer=self._tracer)
         transport = Transport(stream, connection, peer=describe_peer(stream))
+        self._learn_from(self._transport)
         await self._nursery.start(transport.run)
         # As grpc-go does, use the connection only once the server's SETTINGS are in:
         # streams opened before could exceed its MAX_CONCURRENT_STREAMS or windows.
@@ -450,7 +469,27 @@ class ClientConn:
         if transport.closed or not transport.connection.peer_settings_received:
             transport.abort("no HTTP/2 SETTINGS from the server")
             raise ConnectionError(transport.close_reason or "no HTTP/2 SETTINGS from the server")
+        keepalive = self.keepalive
+        if keepalive is not None and transport.nursery is not None:
+            transport.nursery.start_soon(
+                transport.keepalive,
+                keepalive.time,
+                keepalive.timeout,
+                keepalive.permit_without_calls,
+            )
         return transport
+
+    def _learn_from(self, previous: Transport | None) -> None:
+        """gRFC A8: a server that answered our pings with GOAWAY(ENHANCE_YOUR_CALM,
+        "too_many_pings") gets them half as often on the next connection."""
+        goaway = previous.goaway if previous is not None else None
+        if (
+            self.keepalive is not None
+            and goaway is not None
+            and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+            and goaway.debug_data == b"too_many_pings"
+        ):
+            self.keepalive = replace(self.keepalive, time=self.keepalive.time * 2)
 
 
 class ClientCall(Generic[Req, Resp]):

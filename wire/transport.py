@@ -101,7 +101,7 @@ class Transport:
         self.goaway: ev.GoAwayReceived | None = None
         self._cancel_scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
-        self.drained = trio.Event()
+        self.ended = trio.Event()  # set once the connection is closed, for any reason
         # Set when the connection should close as soon as everything queued has left.
         self._close_when_flushed: str | None = None
         # Bytes taken from the connection that have not all reached the kernel yet.
@@ -418,4 +418,4 @@ class Transport:
         for waiter in self._ping_waiters.values():
             waiter.set()
         self.peer_settings.set()
-        self.drained.set()
+        self.ended.set()

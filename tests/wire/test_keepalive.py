@@ -58,7 +58,7 @@ async def test_a_peer_that_stops_answering_is_given_up(nursery: trio.Nursery) ->
     with trio.fail_after(10):
         async with ClientConn(f"127.0.0.1:{port}", keepalive=keepalive) as conn:
             transport = await conn.get_transport()
-            await transport.drained.wait()  # set when the transport closes
+            await transport.ended.wait()
             assert "keepalive" in (transport.close_reason or "")
 
 
@@ -69,7 +69,7 @@ async def test_too_many_pings_doubles_the_keepalive_time(nursery: trio.Nursery) 
     with trio.fail_after(10):
         async with ClientConn(f"127.0.0.1:{port}", keepalive=keepalive) as conn:
             first = await conn.get_transport()
-            await first.drained.wait()
+            await first.ended.wait()
             assert first.goaway is not None and first.goaway.debug_data == b"too_many_pings"
             second = await conn.get_transport()
             assert second is not first and second.usable

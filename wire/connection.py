@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,9 +104,9 @@ def _install_cheap_data_frame_repr() -> None:
 _install_cheap_data_frame_repr()
 
 MAX_WINDOW = 2**31 - 1
-DEFAULT_STREAM_WINDOW = 1024 * 1024
+DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024
 DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
-DEFAULT_MAX_FRAME_SIZE = 16 * 1024
+DEFAULT_MAX_FRAME_SIZE = 256 * 1024
 GOAWAY_DRAIN_STREAM_ID = 2**31 - 1
 GRPC_CONTENT_TYPE = b"application/grpc"
 
@@ -230,6 +230,12 @@ class GrpcConnection:
                 self.config.max_concurrent_streams
             )
         self._h2.update_settings(settings)
+        # Accept frames up to our new size at once. h2 raises its limit when the ACK is
+        # processed, but checks frames against the limit it had when the chunk of bytes
+        # began: an ACK and a large frame arriving together would be a FRAME_SIZE_ERROR.
+        self._h2.max_inbound_frame_size = max(
+            self._h2.max_inbound_frame_size, self.config.max_frame_size
+        )
         extra = self.config.connection_window - 65535
         if extra > 0:
             self._h2.increment_flow_control_window(extra)
@@ -265,12 +271,6 @@ class GrpcConnection:
         """Bytes queued on a stream that the peer's window has not let out yet."""
         stream = self._streams.get(stream_id)
         return stream.pending_len if stream is not None else 0
-
-    def send_window(self, stream_id: int) -> int:
-        try:
-            return self._h2.local_flow_control_window(stream_id)
-        except (h2.exceptions.StreamClosedError, KeyError):
-            return 0
 
     def buffered_bytes(self) -> int:
         """How many bytes `data_to_send` would return now."""
@@ -1168,11 +1168,3 @@ def _err_name(code: int) -> str:
         return h2.errors.ErrorCodes(code).name
     except ValueError:
         return str(code)
-
-
-def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of header `name`, or None."""
-    for key, value in headers:
-        if key == name:
-            return value
-    return None

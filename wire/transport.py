@@ -228,10 +228,6 @@ class Transport:
         while self.streams and not self.closed:
             await self._idle_lot.park()
 
-    async def wait_stream(self, state: StreamState) -> None:
-        """Park until something happens on this stream."""
-        await state.lot.park()
-
     async def ping(self, data: bytes) -> None:
         """Send a PING and wait for its ACK."""
         self.connection.ping(data)

@@ -292,3 +292,28 @@ def test_data_frame_repr_is_unchanged_but_cheap(data: bytes, padded: bool, pad_l
         frame.pad_length = pad_length
     upstream = Frame._body_repr(frame)  # the generic fallback DATA frames used
     assert frame._body_repr() == upstream
+
+
+def test_settings_ack_and_a_large_frame_in_one_read() -> None:
+    """h2 checks every frame of a read against the frame-size limit it had when the
+    read began; the ACK that raises the limit may come in the same read as the first
+    large frame."""
+    client = GrpcConnection(ConnectionConfig(client_side=True, max_frame_size=256 * 1024))
+    server = GrpcConnection(ConnectionConfig(client_side=False, max_frame_size=256 * 1024))
+    client.initiate()
+    server.initiate()
+    sid = client.start_request("/p.S/M", authority="a")
+    client.end_request(sid)
+    (request, _ended) = [
+        e
+        for e in server.receive_data(client.data_to_send())
+        if isinstance(e, ev.RequestReceived | ev.RequestEnded)
+    ]
+    server.send_message(sid, b"q" * 200_000)  # one 200 kB frame: the client allows 256 KiB
+    server.send_trailers(sid, StatusCode.OK)
+    # Server preface, SETTINGS, the ACK of the client's SETTINGS and the big frame: one read.
+    events = client.receive_data(server.data_to_send())
+    assert not any(isinstance(e, ev.ConnectionFailed) for e in events), events
+    messages = [e for e in events if isinstance(e, ev.MessageReceived)]
+    assert [len(m.payload) for m in messages] == [200_000]
+    assert isinstance(request, ev.RequestReceived)

@@ -343,13 +343,7 @@ class ClientConn:
         trace = self._call_trace(method)
         root = 0
         if trace is not None:
-            # Not one of the steps `wire.trace.STEPS` names: say here what it mirrors.
-            root = trace.start(
-                "ClientConn.start_stream",
-                grpc_go="ClientConn.NewStream",
-                func="wire/client.py:ClientConn.start_stream",
-                timeout=timeout,
-            )
+            root = trace.start("ClientConn.start_stream", timeout=timeout)
         if math.isinf(deadline):
             return await self._start_call(
                 method,

@@ -164,6 +164,13 @@ STEPS: dict[tuple[str, str], Step] = {
         ),
         Step(
             "client",
+            "ClientConn.start_stream",
+            "ClientConn.NewStream",
+            "wire/client.py:ClientConn.start_stream",
+            "a streaming call not tied to a block; each operation carries the deadline",
+        ),
+        Step(
+            "client",
             "send_message",
             "clientStream.SendMsg",
             "wire/client.py:ClientCall.send_message",

@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -79,20 +80,23 @@ def is_running(pid: int, ticks: int) -> bool:
         return False
 
 
-def session_pids(session: int) -> list[int]:
-    """Every task in session *session* (a `process` container is one session)."""
-    found = []
+def _all_tasks() -> Iterator[tuple[int, list[str]]]:
+    """(pid, stat fields after the name) of every task in /proc, as far as it can be read."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            fields = _stat_fields(int(entry))
+            yield int(entry), _stat_fields(int(entry))
         except (OSError, ValueError):
             continue  # exited while we looked
-        # Field 6 is the session; field 3 the state ("Z" for a zombie).
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(int(entry))
-    return sorted(found)
+
+
+def session_pids(session: int) -> list[int]:
+    """Every task in session *session* (a `process` container is one session)."""
+    # Field 6 is the session; field 3 the state ("Z" for a zombie).
+    return sorted(
+        pid for pid, fields in _all_tasks() if int(fields[3]) == session and fields[0] != "Z"
+    )
 
 
 def cgroup_pids(pid: int) -> list[int]:
@@ -180,14 +184,4 @@ class OrphanReaper:
 
 def _zombie_children() -> list[int]:
     me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = _stat_fields(int(entry))
-        except (OSError, ValueError):
-            continue
-        if fields[0] == "Z" and int(fields[1]) == me:
-            found.append(int(entry))
-    return found
+    return [pid for pid, fields in _all_tasks() if fields[0] == "Z" and int(fields[1]) == me]

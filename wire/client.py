@@ -682,13 +682,11 @@ class ClientCall(Generic[Req, Resp]):
     def cancel(self) -> None:
         """Cancel the call: RST_STREAM(CANCEL); later operations raise CANCELLED."""
         if self._state.ended is None and not self._cancelled:
-            self._cancelled = True
             trace = self._trace
             span = trace.start("cancel", detached=True) if trace is not None else 0
-            self._transport.connection.cancel_stream(self._state.stream_id)
+            self._reset_if_running()
             if trace is not None:
                 trace.end(span)
-            self._transport.kick()
 
     def close(self) -> None:
         """Let the call go: free its stream, after RST_STREAM(CANCEL) if it still runs.
@@ -701,10 +699,7 @@ class ClientCall(Generic[Req, Resp]):
             return
         self._released = True
         state = self._state
-        if state.ended is None and not self._cancelled:
-            self._cancelled = True
-            self._transport.connection.cancel_stream(state.stream_id)
-            self._transport.kick()
+        self._reset_if_running()
         self._transport.release(state.stream_id)
         trace = self._trace
         if trace is not None:
@@ -735,15 +730,18 @@ class ClientCall(Generic[Req, Resp]):
 
     # -- internals --------------------------------------------------------------------
 
+    def _reset_if_running(self) -> None:
+        """RST_STREAM(CANCEL) once, unless the call already ended."""
+        if self._state.ended is None and not self._cancelled:
+            self._cancelled = True
+            self._transport.cancel_stream(self._state)
+
     def _deadline_passed(self) -> RpcError:
         """An operation's scope hit the deadline: reset the stream if the call still
         runs, and say so in this and every later operation."""
         if self._failure is None:
             self._failure = (StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-        if self._state.ended is None and not self._cancelled:
-            self._cancelled = True
-            self._transport.connection.cancel_stream(self._state.stream_id)
-            self._transport.kick()
+        self._reset_if_running()
         return RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
 
     def _note_deadline_if_passed(self) -> None:
@@ -784,10 +782,10 @@ def _let_go_dropped_call(
         trace.end(trace_root, status="CANCELLED", message="the call was dropped")
     if transport.closed:
         return  # its streams went with it
-    if reset and state.ended is None:
-        transport.connection.cancel_stream(state.stream_id)
-        transport.kick()
-    transport.release(state.stream_id)
+    if reset:
+        transport.let_go(state)
+    else:
+        transport.release(state.stream_id)
 
 
 # -- the unary call path, step by step (grpc-go call.go) ------------------------------
@@ -865,11 +863,8 @@ async def _invoke_steps(
         raise
     finally:
         if transport is not None and state is not None:
-            if state.ended is None:
-                # Cancelled or timed out: tell the server (RST_STREAM(CANCEL)).
-                transport.connection.cancel_stream(state.stream_id)
-                transport.kick()
-            transport.release(state.stream_id)
+            # Cancelled or timed out, the server is told (RST_STREAM(CANCEL)).
+            transport.let_go(state)
 
 
 async def send_request(

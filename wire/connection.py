@@ -356,11 +356,11 @@ class GrpcConnection:
             self._h2.end_stream(stream_id)
             stream.local_closed = True
 
-    def cancel_stream(self, stream_id: int, code: StatusCode = StatusCode.CANCELLED) -> None:
+    def cancel_stream(self, stream_id: int) -> None:
         """The client gives up on a call (cancel or deadline): RST_STREAM(CANCEL).
 
         The stream is forgotten at once; no `ResponseEnded` follows, because the caller
-        already knows how its call ended (`code` is only for the trace).
+        already knows how its call ended.
         """
         stream = self._streams.pop(stream_id, None)
         if stream is None:

@@ -132,7 +132,6 @@ class ServerCall:
         request: ev.RequestReceived,
         handler: MethodHandler,
     ) -> None:
-        self._server = server
         self._transport = transport
         self._state = state
         self._request = request
@@ -351,9 +350,6 @@ class Server:
         self._transports: set[Transport] = set()
         self._listener_scopes: list[trio.CancelScope] = []
         self._serve_scope: trio.CancelScope | None = None
-        self._shutting_down = False
-        self._idle = trio.Event()
-        self._idle.set()
         self.listeners: list[trio.SocketListener] = []
 
     # -- registry -----------------------------------------------------------------------
@@ -475,13 +471,10 @@ class Server:
         connection = GrpcConnection(self._config, tracer=self._tracer)
         transport = Transport(stream, connection, peer=peer, on_request=self._on_request)
         self._transports.add(transport)
-        self._idle = trio.Event()
         try:
             await transport.run()
         finally:
             self._transports.discard(transport)
-            if not self._transports:
-                self._idle.set()
 
     # -- calls --------------------------------------------------------------------------
 
@@ -589,7 +582,6 @@ class Server:
         client opened before seeing the GOAWAY has reached us, so the second GOAWAY can
         name the real last stream. In-flight calls then get `grace` seconds to finish.
         """
-        self._shutting_down = True
         for scope in self._listener_scopes:
             scope.cancel()
         transports = list(self._transports)

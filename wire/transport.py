@@ -199,6 +199,17 @@ class Transport:
             self._close_when_flushed = "connection drained"
             self.kick()
 
+    def cancel_stream(self, state: StreamState) -> None:
+        """A client gives up on a call it has not seen end: RST_STREAM(CANCEL), now."""
+        self.connection.cancel_stream(state.stream_id)
+        self.kick()
+
+    def let_go(self, state: StreamState) -> None:
+        """A client is done with a stream: cancel it if it still runs, then release it."""
+        if state.ended is None:
+            self.cancel_stream(state)
+        self.release(state.stream_id)
+
     async def wait_for_capacity(self) -> None:
         """Wait until the peer's MAX_CONCURRENT_STREAMS lets one more stream open."""
         while not self.connection.can_open_stream():

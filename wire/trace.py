@@ -29,7 +29,7 @@ import itertools
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Protocol
 
@@ -243,6 +243,14 @@ STEPS: dict[tuple[str, str], Step] = {
 }
 """The call-path steps, keyed by (side, step name)."""
 
+RECEIVING_STEPS = frozenset({("client", "recv_response"), ("client", "receive_message")})
+"""Steps that take inbound frames and messages off a client's stream. What arrives while
+none is open (a fast server answers while `write` is still returning) waits for the
+next one, as the bytes wait in the stream's buffer; its event keeps its arrival time
+and says which step was running then (`arrived_during`)."""
+
+_HELD_LIMIT = 256  # inbound events a call holds for its next receiving step, at most
+
 MESSAGE_STEP = {
     "out": (
         "encode (msgHeader) / http2Client.Write",
@@ -348,6 +356,7 @@ class CallTrace:
     """
 
     __slots__ = (
+        "_held",
         "_open",
         "_root",
         "_spans",
@@ -374,6 +383,7 @@ class CallTrace:
         self._open: list[_Span] = []
         self._spans: list[_Span] = []  # closed or open, kept until frames are past them
         self._root: int | None = None
+        self._held: list[TraceEvent] = []  # inbound, waiting for a receiving step
         self.finished = False
 
     # -- joining the connection -------------------------------------------------------
@@ -416,6 +426,8 @@ class CallTrace:
         if self.method is not None and parent is None:
             attrs.setdefault("method", self.method)
         self._emit(name, "start", span_id, parent, attrs)
+        if self._held and (self.side, name) in RECEIVING_STEPS:
+            self._release_held(span_id)
         return span_id
 
     def end(self, span_id: int, **attrs: object) -> None:
@@ -424,6 +436,8 @@ class CallTrace:
         if index is None:
             return
         offset = self.frames.out_offset() if self.frames is not None else None
+        if index == 0 and self._held:
+            self._release_held(self._root)  # the call ends: nothing took them
         # Steps still open inside were left by the exception that ends this one.
         unwound: dict[str, object] = {"unwound": True}
         unwound.update((k, v) for k, v in attrs.items() if k in ("status", "message", "error"))
@@ -473,10 +487,32 @@ class CallTrace:
         return best if best is not None else self.open_span()
 
     def open_span(self) -> int | None:
-        """The innermost step open now (the one waiting for inbound frames)."""
+        """The innermost step open now."""
         return self._open[-1].span_id if self._open else self._root
 
+    def inbound(self, event: TraceEvent) -> None:
+        """Emit an inbound frame or message of this call under the step that takes it:
+        on a client, the innermost open receiving step, or the next one to start
+        (see `RECEIVING_STEPS`); on a server, the step open now."""
+        if self.side == "client" and not self.finished:
+            for span in reversed(self._open):
+                if (self.side, span.name) in RECEIVING_STEPS:
+                    self.sink.emit(replace(event, parent=span.span_id))
+                    return
+            if self._open:
+                event.attrs["arrived_during"] = self._open[-1].name
+                self._held.append(event)
+                if len(self._held) > _HELD_LIMIT:
+                    self._release_held(self.open_span())
+                return
+        self.sink.emit(replace(event, parent=self.open_span()))
+
     # -- internals --------------------------------------------------------------------
+
+    def _release_held(self, parent: int | None) -> None:
+        held, self._held = self._held, []
+        for event in held:
+            self.sink.emit(replace(event, parent=parent))
 
     def _close(self, span: _Span, offset: int | None, attrs: dict[str, object]) -> None:
         span.closed = True
@@ -637,27 +673,27 @@ class FrameTracer:
     def message_in(self, stream_id: int, wire_length: int, length: int, compressed: bool) -> None:
         """A message was unframed: `wire_length` bytes after the prefix, `length` after
         decompression."""
-        call = self._calls.get(stream_id)
-        self.sink.emit(
-            TraceEvent(
-                time.monotonic_ns(),
-                self.side,
-                "message",
-                "message",
-                "in",
-                self.conn_id,
-                stream_id,
-                self._call_ids.get(stream_id),
-                {
-                    "compressed": compressed,
-                    "length": wire_length,
-                    "uncompressed_length": length,
-                    "prefix": _prefix(compressed, wire_length),
-                },
-                None,
-                call.open_span() if call is not None else None,
-            )
+        event = TraceEvent(
+            time.monotonic_ns(),
+            self.side,
+            "message",
+            "message",
+            "in",
+            self.conn_id,
+            stream_id,
+            self._call_ids.get(stream_id),
+            {
+                "compressed": compressed,
+                "length": wire_length,
+                "uncompressed_length": length,
+                "prefix": _prefix(compressed, wire_length),
+            },
         )
+        call = self._calls.get(stream_id)
+        if call is not None:
+            call.inbound(event)
+        else:
+            self.sink.emit(event)
 
     def step(
         self,
@@ -696,24 +732,23 @@ class FrameTracer:
             if window is not None:
                 attrs["window"] = window
             call = self._calls.get(stream_id) if stream_id else None
-            parent: int | None = None
-            if call is not None:
-                parent = call.span_at(base + offset) if direction == "out" else call.open_span()
-            self.sink.emit(
-                TraceEvent(
-                    now,
-                    self.side,
-                    "frame",
-                    name,
-                    direction,
-                    self.conn_id,
-                    stream_id,
-                    self._call_ids.get(stream_id) if stream_id else None,
-                    attrs,
-                    None,
-                    parent,
-                )
+            event = TraceEvent(
+                now,
+                self.side,
+                "frame",
+                name,
+                direction,
+                self.conn_id,
+                stream_id,
+                self._call_ids.get(stream_id) if stream_id else None,
+                attrs,
             )
+            if call is None:
+                self.sink.emit(event)
+            elif direction == "out":
+                self.sink.emit(replace(event, parent=call.span_at(base + offset)))
+            else:
+                call.inbound(event)
             if stream_id and (name == "RST_STREAM" or self.flow.closed(stream_id)):
                 self._forget(stream_id, call)
 

@@ -18,6 +18,7 @@ from wire.server import Server, ServerCall, stream_stream, unary_unary
 from wire.status import StatusCode
 from wire.trace import (
     CALL_ID_METADATA_KEY,
+    CallTrace,
     FrameTracer,
     TraceCollector,
     TraceEvent,
@@ -317,3 +318,50 @@ def test_frames_are_described_whatever_the_chunking_and_across_continuations() -
     headers = next(e for e in whole.events if e.name == "HEADERS")
     assert headers.attrs["continuations"] >= 2  # type: ignore[operator]
     assert ["x-big", "v" * 40_000] in headers.attrs["headers"]  # type: ignore[operator]
+
+
+def test_a_reply_that_arrives_during_write_belongs_to_the_receiving_step() -> None:
+    # Scheduling decides whether the response beats the end of `write`; the trace must
+    # not: inbound frames belong to the step that takes them off the stream.
+    sink = TraceCollector()
+    call = CallTrace(sink, "client", method="/t.Svc/Echo")
+    root = call.start("invoke")
+    send = call.start("send_request")
+    write = call.start("write")
+    early = TraceEvent(1, "client", "frame", "HEADERS", "in", stream_id=1)
+    call.inbound(early)
+    assert not any(e.kind == "frame" for e in sink.events)  # held: nobody took it yet
+    call.end(write)
+    call.end(send)
+    recv = call.start("recv_response")
+    late = TraceEvent(2, "client", "frame", "DATA", "in", stream_id=1)
+    call.inbound(late)
+    call.end(recv)
+    call.end(root)
+    got = [e for e in sink.events if e.kind == "frame"]
+    assert [(e.name, e.parent, e.t_ns) for e in got] == [("HEADERS", recv, 1), ("DATA", recv, 2)]
+    assert got[0].attrs["arrived_during"] == "write"
+    assert "arrived_during" not in got[1].attrs
+
+
+def test_inbound_events_no_step_took_are_emitted_when_the_call_ends() -> None:
+    sink = TraceCollector()
+    call = CallTrace(sink, "client")
+    root = call.start("ClientConn.open_stream")
+    call.start("send_message", detached=True)
+    call.inbound(TraceEvent(1, "client", "frame", "HEADERS", "in", stream_id=3))
+    call.end(root, status="CANCELLED")
+    frame = next(e for e in sink.events if e.kind == "frame")
+    assert frame.parent == root and frame.attrs["arrived_during"] == "send_message"
+    # …before the call's last event, so a reader of the stream sees it inside the call.
+    assert sink.events[-1].kind == "step" and sink.events[-1].phase == "end"
+    assert sink.events[-1].span == root
+
+
+def test_a_server_takes_inbound_events_under_the_step_open_now() -> None:
+    sink = TraceCollector()
+    call = CallTrace(sink, "server")
+    root = call.start("run_call")
+    call.inbound(TraceEvent(1, "server", "frame", "DATA", "in", stream_id=1))
+    assert sink.events[-1].kind == "frame" and sink.events[-1].parent == root
+    call.end(root)

@@ -1,13 +1,17 @@
 """`python -m bench`: run the gRPC workloads W1-W5 and write the Markdown report.
 
     python -m bench [--workloads W1,W2,...] [--libs cryo,grpcio,grpcio-aio]
-                    [--reps 5] [--profile] [--cross] [--scale 1.0]
+                    [--reps 5] [--profile] [--cross] [--scale 1.0] [--heap steady]
                     [--out bench/results/<timestamp>.md]
 
 The report is printed and written to `--out`; the raw results go next to it as JSON
 (same name, `.json`), and with `--profile` the profiles go into a folder beside it
 (same name, `.profiles/`). This module only parses arguments and wires the runner to
 the report.
+
+`--heap steady` runs every process, of every library alike, with glibc's malloc told
+to keep freed memory (see `bench.runner.STEADY_HEAP_TUNABLES`): W3 then measures the
+libraries rather than how often the kernel hands pages back and forth.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from pathlib import Path
 
 from bench.report import write_report
 from bench.runner import (
+    HEAPS,
     REPO,
     RunOptions,
     find_profiler,
     log_to_stderr,
     run_benchmark,
     run_profiles,
+    set_heap,
 )
 from bench.workloads import CRYO, DEFAULT_LIBRARIES, LIBRARIES, WORKLOADS
 
@@ -71,6 +77,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds one client process may take"
     )
+    parser.add_argument(
+        "--heap",
+        choices=HEAPS,
+        default="default",
+        help="glibc malloc settings for every process: default, or steady (keep freed memory)",
+    )
     parser.add_argument("--out", type=Path, help="report path (default: bench/results/<UTC>.md)")
     args = parser.parse_args(argv)
     if args.reps < 1:
@@ -82,6 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    set_heap(args.heap)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
     out: Path = args.out or REPO / "bench" / "results" / f"{stamp}.md"
     options = RunOptions(

@@ -176,6 +176,14 @@ def render_report(record: RunRecord, *, profile_top: int = 15) -> str:
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".",
         "",
+    ]
+    if env.get("GLIBC_TUNABLES", "(none)") != "(none)":
+        out += [
+            f"Heap: every process, of every library, ran with "
+            f"GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (`--heap steady`).",
+            "",
+        ]
+    out += [
         f"Load average (1, 5, 15 min) before: {_loads(record.load_before)}; after: "
         f"{_loads(record.load_after)}. Finished {record.finished}. Other work on this "
         "2-core machine during the run shows up as spread below.",

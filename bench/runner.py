@@ -139,6 +139,26 @@ def find_profiler(rate: int) -> Profiler | None:
 # -- processes --------------------------------------------------------------------------
 
 
+STEADY_HEAP_TUNABLES = "glibc.malloc.trim_threshold=33554432:glibc.malloc.mmap_threshold=16777216"
+"""glibc settings for `--heap steady`: blocks up to 16 MiB come from the heap, and the
+heap is given back to the kernel only above 32 MiB free. With glibc's defaults a
+process that frees a few MiB per call (W3: 1 MiB messages, several copies on each
+side, in both libraries) hands the pages back and faults them in again on the next
+call; how often that happens varies from run to run, which makes W3 bimodal."""
+
+HEAPS = ("default", "steady")
+
+
+def set_heap(heap: str) -> None:
+    """Make every process this run starts, of every library alike, use `heap`."""
+    if heap not in HEAPS:
+        raise ValueError(f"unknown heap setting {heap!r}; expected one of {', '.join(HEAPS)}")
+    if heap == "steady":
+        os.environ["GLIBC_TUNABLES"] = ":".join(
+            t for t in (os.environ.get("GLIBC_TUNABLES"), STEADY_HEAP_TUNABLES) if t
+        )
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -397,6 +417,7 @@ def describe_environment() -> dict[str, str]:
     if commit:
         env["cryo commit"] = commit + (" (with uncommitted changes)" if dirty else "")
     env["wire/ digest"] = wire_source_digest()
+    env["GLIBC_TUNABLES"] = os.environ.get("GLIBC_TUNABLES") or "(none)"
     return env
 
 

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from bench.report import render_report
-from bench.runner import REPO, Cell, EchoServer, RunRecord, plan_cells, run_client
+from bench.runner import (
+    REPO,
+    STEADY_HEAP_TUNABLES,
+    Cell,
+    EchoServer,
+    RunRecord,
+    plan_cells,
+    run_client,
+)
 from bench.stack_profile import HTTP2, SOCKET, TRIO, WIRE, summarise
 from bench.workloads import CRYO, GRPCIO, TCP_TRIO, WORKLOADS, CellResult
 
@@ -82,6 +90,8 @@ def test_the_command_line_writes_a_report_and_raw_results(tmp_path: Path) -> Non
             "2",
             "--scale",
             "0.01",
+            "--heap",
+            "steady",
             "--out",
             str(out),
         ],
@@ -104,6 +114,9 @@ def test_the_command_line_writes_a_report_and_raw_results(tmp_path: Path) -> Non
         ("W4", 2),
     ]
     assert report in done.stdout
+    # Every process of the run, whatever its library, had the same heap settings.
+    assert f"GLIBC_TUNABLES={STEADY_HEAP_TUNABLES} (`--heap steady`)" in report
+    assert raw["environment"]["GLIBC_TUNABLES"] == STEADY_HEAP_TUNABLES
 
 
 def _result(client: str, workload: str, rep: int, seconds: float) -> CellResult:

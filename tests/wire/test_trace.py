@@ -3,6 +3,7 @@ framing, flow-control windows, deadlines, and one call id across client and serv
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from wire.trace import (
     TraceEvent,
     install_tracer,
 )
+from wire.tracing.terminal import render_terminal
 
 
 async def echo(request: bytes, call: ServerCall) -> bytes:
@@ -365,3 +367,18 @@ def test_a_server_takes_inbound_events_under_the_step_open_now() -> None:
     call.inbound(TraceEvent(1, "server", "frame", "DATA", "in", stream_id=1))
     assert sink.events[-1].kind == "frame" and sink.events[-1].parent == root
     call.end(root)
+
+
+def test_the_timeline_says_when_a_frame_arrived_before_its_step() -> None:
+    sink = TraceCollector()
+    call = CallTrace(sink, "client", method="/t.Svc/Echo")
+    root = call.start("invoke")
+    write = call.start("write")
+    call.inbound(TraceEvent(time.monotonic_ns(), "client", "frame", "HEADERS", "in", stream_id=1))
+    call.end(write)
+    recv = call.start("recv_response")
+    call.end(recv)
+    call.end(root)
+    text = render_terminal(sink.events)
+    line = next(li for li in text.splitlines() if "← HEADERS" in li)
+    assert "(arrived during write)" in line

@@ -68,7 +68,13 @@ def frame_summary(event: TraceEvent) -> str:
         if status is not None:
             extra = f"grpc-status {status}"
     window = window_text(attrs.get("window"))
-    return "  ".join(part for part in (text, extra, window) if part)
+    return "  ".join(part for part in (text, extra, window, arrival_text(event)) if part)
+
+
+def arrival_text(event: TraceEvent) -> str:
+    """For an inbound event taken by a later step: which step was running when it came."""
+    during = event.attrs.get("arrived_during")
+    return f"(arrived during {during})" if during else ""
 
 
 def header(event: TraceEvent, name: str) -> str | None:
@@ -109,7 +115,9 @@ def message_summary(event: TraceEvent) -> str:
     if compressed:
         size += f", {a.get('uncompressed_length')} B uncompressed"
     flag = "flag 1 (compressed)" if compressed else "flag 0"
-    return f"message {verb}: {size}, {flag}, prefix {a.get('prefix')}"
+    text = f"message {verb}: {size}, {flag}, prefix {a.get('prefix')}"
+    arrival = arrival_text(event)
+    return f"{text}  {arrival}" if arrival else text
 
 
 def step_attrs_text(event: TraceEvent, *, with_status: bool = False) -> str:

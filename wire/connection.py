@@ -25,6 +25,8 @@ Theory of operation
   RST_STREAM codes; 415 for a wrong content-type; UNIMPLEMENTED for an unknown request
   encoding; RESOURCE_EXHAUSTED for an oversized message; GOAWAY handling; the keepalive
   ping policy.
+* h2 parses what arrives with `wire.frame_buffer.ChunkedFrameBuffer` instead of its own
+  buffer, so a DATA payload is copied once between the socket and the message decoder.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from wire.compression import (
     parse_accept_encoding,
 )
 from wire.errors import ProtocolMisuse, RpcError
+from wire.frame_buffer import ChunkedFrameBuffer
 from wire.framing import DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH, MessageDecoder, encode_prefix
 from wire.metadata import (
     InvalidMetadata,
@@ -184,6 +187,7 @@ class GrpcConnection:
                 normalize_inbound_headers=config.validate_headers,
             )
         )
+        ChunkedFrameBuffer.install(self._h2)  # each DATA payload copied once on the way in
         self._streams: dict[int, _Stream] = {}
         self._accept_up_to = GOAWAY_DRAIN_STREAM_ID
         frame_table = self._h2._frame_dispatch_table

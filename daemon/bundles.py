@@ -67,19 +67,48 @@ def busybox_path() -> str | None:
 
 def make_runc_bundle(directory: Path, runc: str, *, command: str = SHELL_COUNTER) -> Path:
     """A busybox-static bundle whose container runs *command* under ``sh -c``."""
+    return make_busybox_bundle(directory, runc, args=["sh", "-c", command])
+
+
+def busybox_applets(busybox: str) -> list[str]:
+    """The commands this busybox provides (``busybox --list``), or a minimal set."""
+    listed = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=False)
+    names = [n for n in listed.stdout.split() if n and "/" not in n and n != "busybox"]
+    return names or list(BUSYBOX_LINKS)
+
+
+def make_busybox_bundle(
+    directory: Path,
+    runc: str,
+    *,
+    args: list[str],
+    env: list[str] | None = None,
+    cwd: str = "/",
+    hostname: str | None = None,
+    applets: list[str] | None = None,
+) -> Path:
+    """A runc bundle: busybox-static in rootfs/bin with a link per applet, and a
+    config from ``runc spec`` running *args* without a terminal."""
     busybox = busybox_path()
     if busybox is None:
         raise FileNotFoundError("busybox-static is not installed")
     bin_dir = directory / "rootfs" / "bin"
     bin_dir.mkdir(parents=True)
     shutil.copy2(busybox, bin_dir / "busybox")
-    for name in BUSYBOX_LINKS:
+    for name in applets if applets is not None else BUSYBOX_LINKS:
         (bin_dir / name).symlink_to("busybox")
-    subprocess.run([runc, "spec"], cwd=directory, check=True)
+    for name in ("tmp", "proc", "dev", "sys", "etc"):
+        (directory / "rootfs" / name).mkdir(exist_ok=True)
+    subprocess.run([runc, "spec"], cwd=directory, check=True, capture_output=True)
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
     config["process"]["terminal"] = False
-    config["process"]["args"] = ["sh", "-c", command]
+    config["process"]["args"] = args
+    config["process"]["cwd"] = cwd
+    if env is not None:
+        config["process"]["env"] = env
+    if hostname is not None:
+        config["hostname"] = hostname
     config["root"]["readonly"] = False
     config_path.write_text(json.dumps(config, indent=1))
     return directory

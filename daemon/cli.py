@@ -338,6 +338,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args.kind)
 
 
+def cmd_daemon(args: argparse.Namespace) -> int:
+    """The Docker-compatible daemon: HTTP API on a socket, the runtime supervised."""
+    from daemon import server  # the daemon's imports are only needed here
+
+    return server.main(
+        server.DaemonOptions(
+            host=args.host,
+            data_root=Path(args.data_root),
+            runc=args.runc,
+            criu=args.criu,
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cryo",
@@ -386,6 +400,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="a process on the host, or a runc busybox container (default: process)",
     )
     demo.set_defaults(run=cmd_demo)
+
+    daemon = commands.add_parser(
+        "daemon",
+        help="serve the Docker Engine API (containers, checkpoints) for the docker CLI",
+        description=(
+            "Serve a Docker-compatible HTTP API and run containers through cryo's runtime, "
+            "which it starts and supervises. Then: docker -H <host> checkpoint create C NAME."
+        ),
+    )
+    daemon.add_argument(
+        "-H",
+        "--host",
+        default="unix:///run/cryo/docker.sock",
+        help="unix:///path or tcp://127.0.0.1:port",
+    )
+    daemon.add_argument(
+        "--data-root", default="/var/lib/cryo", help="containers, runtime state, logs"
+    )
+    daemon.add_argument("--runc", help="the runc binary (default: from PATH)")
+    daemon.add_argument("--criu", help="the criu binary (default: the runtime's choice)")
+    daemon.set_defaults(run=cmd_daemon)
     return parser
 
 

@@ -426,7 +426,11 @@ class ClientConn:
         transport = self._transport
         if transport is not None and transport.usable:
             return transport
-        if self._closed or self._nursery is None:
+        if self._closed:
+            # grpc-go: ErrClientConnClosing, a CANCELLED status, for calls made on (or
+            # still waiting in) a connection its owner has closed.
+            raise RpcError(StatusCode.CANCELLED, "grpc: the client connection is closing")
+        if self._nursery is None:
             raise ProtocolMisuse("use ClientConn as `async with ClientConn(...) as conn`")
         async with self._connect_lock:
             transport = self._transport

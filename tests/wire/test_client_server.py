@@ -15,7 +15,7 @@ import trio
 import trustme
 
 from wire.client import CallOptions, ClientConn, UnaryInvoker
-from wire.errors import RpcError
+from wire.errors import ProtocolMisuse, RpcError
 from wire.metadata import Metadata
 from wire.server import (
     MethodInfo,
@@ -295,3 +295,16 @@ async def test_large_messages_both_ways_with_small_windows() -> None:
             ) as conn,
         ):
             assert await conn.invoke("/t.Svc/Echo", payload) == payload
+
+
+async def test_a_call_on_a_closed_connection_is_cancelled_not_a_misuse() -> None:
+    # grpc-go's ErrClientConnClosing: whoever still holds the ClientConn after its
+    # owner closed it gets a status it can handle like any other failed call.
+    conn = ClientConn("127.0.0.1:1")
+    with pytest.raises(ProtocolMisuse):
+        await conn.invoke("/t.Svc/Echo", b"x", timeout=1)  # never entered
+    async with conn:
+        pass
+    with pytest.raises(RpcError) as caught:
+        await conn.invoke("/t.Svc/Echo", b"x", timeout=1)
+    assert caught.value.code == StatusCode.CANCELLED

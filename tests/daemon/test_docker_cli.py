@@ -1,0 +1,298 @@
+"""The real docker CLI against `cryo daemon`: containers, and checkpoints through
+`/types.API/CreateCheckpoint` down to CRIU, as `docker checkpoint create` did with
+Docker 17."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from runtime.criu import CriuBinary, CriuNotFound
+
+REPO = Path(__file__).resolve().parents[2]
+ON_CI = os.environ.get("CI") == "true"
+
+
+def require_tools() -> None:
+    """docker, runc, busybox-static and CRIU, as root: skipped on a developer machine
+    without them, a failure on CI (the set-up script provides them all)."""
+    missing = [tool for tool in ("docker", "runc", "busybox") if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        missing.append("root")
+    try:
+        trio.run(CriuBinary.locate)
+    except CriuNotFound as error:
+        missing.append(f"CRIU ({error.reason})")
+    if missing:
+        reason = "needs " + ", ".join(missing)
+        if ON_CI:
+            pytest.fail(f"{reason}; CI must provide it (scripts/setup-system.sh)")
+        pytest.skip(reason)
+
+
+COUNTER = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.01; done"
+PROCESS_COUNTER = (
+    "import os, time\n"
+    "i = 0\n"
+    "while True:\n"
+    "    os.write(1, b'%d\\n' % i)\n"
+    "    i += 1\n"
+    "    time.sleep(0.01)\n"
+)
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    host: str
+    root: Path
+    config: Path
+    log: Path
+
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["docker", "-H", self.host, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "DOCKER_CONFIG": str(self.config)},
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}\n"
+                f"daemon log:\n{self.log.read_text()[-3000:]}"
+            )
+        return done
+
+    def numbers(self, container: str) -> list[int]:
+        out = self.docker("logs", container).stdout
+        return [int(line) for line in out.splitlines() if line.strip().isdigit()]
+
+    def wait_for_numbers(self, container: str, at_least: int, timeout: float = 30) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            numbers = self.numbers(container)
+            if len(numbers) >= at_least:
+                return numbers
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{container} wrote {len(self.numbers(container))} numbers, not {at_least}"
+        )
+
+    def inspect(self, container: str) -> dict[str, object]:
+        data = json.loads(self.docker("inspect", container).stdout)
+        assert isinstance(data, list) and len(data) == 1
+        return data[0]  # type: ignore[no-any-return]
+
+
+def _answers(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            s.connect(str(path))
+            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: cryo\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def start_daemon(work: Path) -> Daemon:
+    sock = work / "docker.sock"
+    log = work / "daemon.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "daemon",
+            "-H",
+            f"unix://{sock}",
+            "--data-root",
+            str(work / "root"),
+        ],
+        cwd=REPO,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while not _answers(sock):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the daemon did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return Daemon(process, f"unix://{sock}", work / "root", work / "docker-config", log)
+
+
+def stop_daemon(daemon: Daemon) -> None:
+    daemon.process.send_signal(signal.SIGTERM)
+    try:
+        daemon.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        daemon.process.kill()
+        daemon.process.wait()
+        raise AssertionError("the daemon did not stop on SIGTERM") from None
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    require_tools()
+    work = tmp_path_factory.mktemp("cryo-daemon")
+    running = start_daemon(work)
+    try:
+        yield running
+    finally:
+        stop_daemon(running)
+        assert running.process.returncode == 0, running.log.read_text()[-3000:]
+
+
+def test_the_cli_sees_an_experimental_engine_and_its_checkpoint_commands(daemon: Daemon) -> None:
+    version = daemon.docker(
+        "version", "--format", "{{.Server.APIVersion}} {{.Server.Experimental}}"
+    )
+    assert version.stdout.split() == ["1.41", "true"]
+    helped = daemon.docker("checkpoint", "--help")
+    assert "create" in helped.stdout and "Create a checkpoint" in helped.stdout
+
+
+def test_a_runc_container_is_checkpointed_listed_restored_and_removed(daemon: Daemon) -> None:
+    created = daemon.docker("create", "--name", "counter", "busybox", "sh", "-c", COUNTER)
+    container_id = created.stdout.strip()
+    assert len(container_id) == 64
+    daemon.docker("start", "counter")
+    before = daemon.wait_for_numbers("counter", 30)
+    assert before[:3] == [0, 1, 2]
+    assert daemon.inspect("counter")["State"]["Running"] is True  # type: ignore[index]
+
+    made = daemon.docker("checkpoint", "create", "counter", "cp1")
+    assert made.stdout.strip() == "cp1"
+    state = daemon.inspect("counter")["State"]
+    assert state["Running"] is False  # type: ignore[index]
+    stopped = daemon.numbers("counter")
+    time.sleep(0.3)
+    assert daemon.numbers("counter") == stopped, "the counter ran on after an exit checkpoint"
+    listing = daemon.docker("checkpoint", "ls", "counter").stdout.split()
+    assert listing == ["CHECKPOINT", "NAME", "cp1"]
+    images = daemon.root / "containers" / container_id / "checkpoints" / "cp1"
+    assert (images / "config.json").is_file() and list(images.glob("*.img"))
+
+    daemon.docker("start", "--checkpoint", "cp1", "counter")
+    after = daemon.wait_for_numbers("counter", len(stopped) + 20)
+    assert after[len(stopped)] == stopped[-1] + 1, "the restored counter did not go on"
+    assert after[: len(stopped)] == stopped
+
+    daemon.docker("checkpoint", "create", "--leave-running", "counter", "cp2")
+    assert daemon.inspect("counter")["State"]["Running"] is True  # type: ignore[index]
+    daemon.docker("checkpoint", "rm", "counter", "cp1")
+    assert daemon.docker("checkpoint", "ls", "counter").stdout.split()[2:] == ["cp2"]
+
+    ps = daemon.docker("ps", "--format", "{{.Names}} {{.Status}}").stdout
+    assert ps.startswith("counter Up")
+    daemon.docker("rm", "-f", "counter")
+    assert "counter" not in daemon.docker("ps", "-a", "--format", "{{.Names}}").stdout
+    assert not (daemon.root / "containers" / container_id).exists()
+
+
+def test_checkpoint_errors_read_as_docker_wrote_them(daemon: Daemon) -> None:
+    daemon.docker("create", "--name", "idle", "busybox", "sleep", "1000")
+    missing = daemon.docker("checkpoint", "create", "nosuch", "cp1", check=False)
+    assert missing.returncode != 0 and "No such container: nosuch" in missing.stderr
+    not_running = daemon.docker("checkpoint", "create", "idle", "cp1", check=False)
+    assert not_running.returncode != 0 and "Container idle not running" in not_running.stderr
+    daemon.docker("start", "idle")
+    for bad in ("../escape", ".hidden", "a/b"):
+        refused = daemon.docker("checkpoint", "create", "idle", bad, check=False)
+        assert refused.returncode != 0
+        assert f"Invalid checkpoint ID ({bad})" in refused.stderr
+    daemon.docker("checkpoint", "create", "--leave-running", "idle", "once")
+    again = daemon.docker("checkpoint", "create", "--leave-running", "idle", "once", check=False)
+    assert again.returncode != 0
+    assert "Cannot checkpoint container idle" in again.stderr and "exists" in again.stderr
+    relative = daemon.docker(
+        "checkpoint", "create", "--checkpoint-dir", "rel/dir", "idle", "x", check=False
+    )
+    assert relative.returncode != 0 and "absolute" in relative.stderr
+    in_use = daemon.docker("rm", "idle", check=False)
+    assert in_use.returncode != 0 and "You cannot remove a running container" in in_use.stderr
+    daemon.docker("rm", "-f", "idle")
+
+
+def test_a_custom_checkpoint_dir_and_the_process_runtime(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.docker(
+        "create",
+        "--name",
+        "host-counter",
+        "--runtime",
+        "process",
+        "busybox",
+        sys.executable,
+        "-c",
+        PROCESS_COUNTER,
+    )
+    daemon.docker("start", "host-counter")
+    before = daemon.wait_for_numbers("host-counter", 20)
+    assert before[:2] == [0, 1]
+    store = tmp_path / "checkpoints"
+    daemon.docker("checkpoint", "create", "--checkpoint-dir", str(store), "host-counter", "c1")
+    assert (store / "c1" / "config.json").is_file()
+    listed = daemon.docker("checkpoint", "ls", "--checkpoint-dir", str(store), "host-counter")
+    assert listed.stdout.split()[2:] == ["c1"]
+    stopped = daemon.numbers("host-counter")
+    daemon.docker("start", "--checkpoint", "c1", "--checkpoint-dir", str(store), "host-counter")
+    after = daemon.wait_for_numbers("host-counter", len(stopped) + 10)
+    assert after[len(stopped)] == stopped[-1] + 1
+    daemon.docker("stop", "-t", "5", "host-counter")
+    assert daemon.inspect("host-counter")["State"]["Running"] is False  # type: ignore[index]
+    daemon.docker("rm", "host-counter")
+
+
+def test_the_daemon_restarts_a_runtime_that_died_and_keeps_its_records(
+    tmp_path: Path,
+) -> None:
+    require_tools()
+    first = start_daemon(tmp_path)
+    try:
+        first.docker("create", "--name", "kept", "busybox", "sleep", "1000")
+        first.docker("start", "kept")
+        runtime_pid = _runtime_pid(first)
+        os.kill(runtime_pid, signal.SIGKILL)  # a child of the daemon this test started
+        deadline = time.monotonic() + 30
+        while "runtime restarted" not in first.log.read_text():
+            assert time.monotonic() < deadline, first.log.read_text()[-3000:]
+            time.sleep(0.1)
+        first.docker("create", "--name", "after", "busybox", "true")
+        first.docker("start", "after")
+        assert first.docker("wait", "after").stdout.strip() == "0"
+    finally:
+        stop_daemon(first)
+    second = start_daemon(tmp_path)
+    try:
+        names = second.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+        assert sorted(names) == ["after", "kept"]
+        assert second.inspect("kept")["State"]["Running"] is False  # type: ignore[index]
+        second.docker("rm", "kept", "after")
+    finally:
+        stop_daemon(second)
+
+
+def _runtime_pid(daemon: Daemon) -> int:
+    """The runtime's pid, as the daemon logged it when it started it."""
+    found = re.findall(r"runtime (?:re)?started \(pid (\d+)\)", daemon.log.read_text())
+    assert found, daemon.log.read_text()
+    pid = int(found[-1])
+    assert Path(f"/proc/{pid}/status").read_text().count(f"PPid:\t{daemon.process.pid}\n") == 1
+    return pid

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.backend import Backend, DaemonError, DaemonEvent
+from daemon.backend import WAIT_CONDITIONS, Backend, DaemonError, DaemonEvent
 from daemon.http import HttpError, Request, Response
 from daemon.store import ContainerRecord
 
@@ -87,6 +87,7 @@ class DockerApi:
         add("POST", "/containers/{name}/pause", self.container_pause)
         add("POST", "/containers/{name}/unpause", self.container_unpause)
         add("POST", "/containers/{name}/wait", self.container_wait)
+        add("POST", "/containers/{name}/attach", self.container_attach)
         add("GET", "/containers/{name}/logs", self.container_logs)
         add("DELETE", "/containers/{name}", self.container_remove)
         add("POST", "/containers/{name}/checkpoints", self.checkpoint_create)
@@ -310,7 +311,7 @@ class DockerApi:
     async def container_wait(self, request: Request, params: dict[str, str]) -> Response:
         condition = request.query_value("condition") or "not-running"
         record = self.backend.get(params["name"])
-        if condition not in ("not-running", "next-exit"):
+        if condition not in WAIT_CONDITIONS:
             raise HttpError(400, f"invalid condition: {condition!r}")
 
         async def answer() -> AsyncIterator[bytes]:
@@ -320,6 +321,20 @@ class DockerApi:
             yield (json.dumps({"StatusCode": code, "Error": None}) + "\n").encode()
 
         return Response(200, content_type="application/json", stream=answer())
+
+    async def container_attach(self, request: Request, params: dict[str, str]) -> Response:
+        if _flag(request.query_value("stdin")):
+            raise HttpError(400, "cryo containers take no stdin: attach without -i")
+        if _flag(request.query_value("logs")):
+            raise HttpError(400, "attach with logs is not supported: use docker logs")
+        stream = self.backend.attach(
+            params["name"],
+            stdout=_flag(request.query_value("stdout")),
+            stderr=_flag(request.query_value("stderr")),
+        )
+        if (request.header("upgrade") or "").lower() != "tcp":
+            return Response(200, content_type="application/vnd.docker.raw-stream", stream=stream)
+        return Response.upgraded("tcp", stream, "application/vnd.docker.raw-stream")
 
     async def container_logs(self, request: Request, params: dict[str, str]) -> Response:
         frames = await self.backend.logs(
@@ -405,7 +420,7 @@ class DockerApi:
             "HostConfig": {
                 "Runtime": record.runtime,
                 "NetworkMode": "none",
-                "AutoRemove": False,
+                "AutoRemove": record.auto_remove,
                 "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
                 "LogConfig": {"Type": "json-file", "Config": {}},
             },

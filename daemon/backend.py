@@ -15,6 +15,7 @@ Must not: parse HTTP (`daemon.api`), or reach the runtime other than over gRPC.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
@@ -45,6 +46,7 @@ CHECKPOINT_TIMEOUT = 300.0
 EVENT_LOG_SIZE = 1024
 LOG_POLL_INTERVAL = 0.1
 SIGNALS = {s.name: s for s in signal.Signals}
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
 
 class DaemonError(Exception):
@@ -143,6 +145,13 @@ class Backend:
         self._changed: dict[str, trio.Event] = {}  # per container: set on any state change
         self.events: deque[DaemonEvent] = deque(maxlen=EVENT_LOG_SIZE)
         self._new_event = trio.Event()
+        self._nursery: trio.Nursery | None = None  # for work that outlives a request
+        # container id → (checkpoint being made, whether the task exits after it)
+        self._checkpointing: dict[str, tuple[str, bool]] = {}
+
+    def run_in(self, nursery: trio.Nursery) -> None:
+        """Background work (removing `--rm` containers after exit) runs in *nursery*."""
+        self._nursery = nursery
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -187,6 +196,8 @@ class Backend:
             )
         if config.get("Tty"):
             raise DaemonError(400, "cryo containers have no terminal: run without -t")
+        if config.get("OpenStdin") or config.get("AttachStdin"):
+            raise DaemonError(400, "cryo containers take no stdin: run without -i")
         args = _command(config, image)
         env = _string_list(config.get("Env"), "Env")
         cwd = config.get("WorkingDir") or "/"
@@ -212,6 +223,7 @@ class Backend:
             labels=labels,
         )
         record.hostname = str(config.get("Hostname") or record.id[:12])
+        record.auto_remove = bool(host_config.get("AutoRemove"))
         try:
             self.store.add(record)
         except NameConflict as exc:
@@ -406,17 +418,21 @@ class Backend:
     async def wait(self, ref: str, *, condition: str = "not-running") -> int:
         """Until the container is not running (or its next exit); its exit code."""
         record = self.get(ref)
-        if condition not in ("not-running", "next-exit"):
+        if condition not in WAIT_CONDITIONS:
             raise DaemonError(400, f"invalid condition: {condition!r}")
         if condition == "not-running" and not record.state.running:
             return record.state.exit_code
         while True:
             changed = self._changed.setdefault(record.id, trio.Event())
             await changed.wait()
-            if self.store.find(record.id) is None and record.state.running:
-                raise DaemonError(404, f"No such container: {ref}")
-            if not record.state.running:
+            removed = self.store.find(record.id) is not record
+            if condition == "removed":
+                if removed:
+                    return record.state.exit_code
+            elif not record.state.running:
                 return record.state.exit_code
+            elif removed:
+                raise DaemonError(404, f"No such container: {ref}")
 
     async def logs(
         self, ref: str, *, stdout: bool, stderr: bool, follow: bool, tail: str | None
@@ -427,6 +443,38 @@ class Backend:
             raise DaemonError(400, "You must choose at least one stream")
         lines = _tail_count(tail)
         return self._log_frames(record, stdout, stderr, follow, lines)
+
+    def attach(self, ref: str, *, stdout: bool, stderr: bool) -> AsyncIterator[bytes]:
+        """What the task writes from now on, until it exits (Docker's attach). Attached
+        before a start, it waits for that start; this is how `docker run` shows output."""
+        record = self.get(ref)
+        streams = [(1, "stdout")] * stdout + [(2, "stderr")] * stderr
+        offsets = {}
+        for number, name in streams:
+            path = self.log_path(record, name)
+            offsets[number] = path.stat().st_size if path.exists() else 0
+        return self._attached_frames(record, streams, offsets)
+
+    async def _attached_frames(
+        self, record: ContainerRecord, streams: list[tuple[int, str]], offsets: dict[int, int]
+    ) -> AsyncIterator[bytes]:
+        started_at = record.state.started_at
+        while not record.state.running and record.state.started_at == started_at:
+            if self.store.find(record.id) is not record:
+                return
+            changed = self._changed.setdefault(record.id, trio.Event())
+            await changed.wait()
+        while True:
+            running = record.state.running
+            for number, name in streams:
+                chunk = _read_from(self.log_path(record, name), offsets[number])
+                if chunk:
+                    offsets[number] += len(chunk)
+                    yield _log_frame(number, chunk)
+            if not running:
+                return
+            with trio.move_on_after(LOG_POLL_INTERVAL):
+                await self._changed.setdefault(record.id, trio.Event()).wait()
 
     async def _log_frames(
         self, record: ContainerRecord, stdout: bool, stderr: bool, follow: bool, tail: int | None
@@ -447,13 +495,7 @@ class Backend:
         while follow:
             running = record.state.running
             for number, name in streams:
-                path = self.log_path(record, name)
-                try:
-                    with path.open("rb") as f:
-                        f.seek(offsets[number])
-                        chunk = f.read()
-                except FileNotFoundError:
-                    chunk = b""
+                chunk = _read_from(self.log_path(record, name), offsets[number])
                 if chunk:
                     offsets[number] += len(chunk)
                     yield _log_frame(number, chunk)
@@ -486,16 +528,22 @@ class Backend:
             ),
         )
         async with self.runtime.lock(record.id):
+            # The runtime's "checkpoint" event (before its "exit") logs ours, so that
+            # `docker events` shows checkpoint, then die, as it happened.
+            self._checkpointing[record.id] = (checkpoint_id, exit)
             try:
                 await self.runtime.api.CreateCheckpoint(request, timeout=CHECKPOINT_TIMEOUT)
             except RpcError as exc:
                 raise DaemonError(
                     _rpc_status(exc), f"Cannot checkpoint container {ref}: {exc.message}"
                 ) from exc
+            finally:
+                still_pending = self._checkpointing.pop(record.id, None)
             if exit:
                 record.state.checkpointed = checkpoint_id
                 self.store.save(record)
-        self._emit("checkpoint", record, checkpoint=checkpoint_id)
+        if still_pending is not None:  # the event stream has not caught up yet
+            self._emit("checkpoint", record, checkpoint=checkpoint_id)
 
     async def checkpoint_list(self, ref: str, checkpoint_dir: str | None) -> list[str]:
         record = self.get(ref)
@@ -534,7 +582,12 @@ class Backend:
         record = self.store.find(event.id)
         if record is None or record.id != event.id:
             return
-        if event.type == "exit" and event.pid == INIT:
+        if event.type == "checkpoint" and record.id in self._checkpointing:
+            name, exits = self._checkpointing.pop(record.id)
+            if exits:
+                record.state.checkpointed = name  # the exit that follows is this one's
+            self._emit("checkpoint", record, checkpoint=name)
+        elif event.type == "exit" and event.pid == INIT:
             if record.state.running:
                 await self._mark_exited(record, event.status, "")
         elif event.type == "pause" and record.state.status == "running":
@@ -577,6 +630,13 @@ class Backend:
             self.store.save(record)
         self._changed_now(record)
         self._emit("die", record, exitCode=str(int(code)))
+        if record.auto_remove and not state.checkpointed and self._nursery is not None:
+            self._nursery.start_soon(self._remove_quietly, record)
+
+    async def _remove_quietly(self, record: ContainerRecord) -> None:
+        """`--rm`: remove after exit (not after an exit checkpoint: it is to be restored)."""
+        with contextlib.suppress(DaemonError):  # already removed, or started again
+            await self.remove(record.id, force=False)
 
     # -- events -----------------------------------------------------------------------
 
@@ -674,6 +734,15 @@ def _tail_count(tail: str | None) -> int | None:
     except ValueError:
         raise DaemonError(400, f"invalid value for tail: {tail!r}") from None
     return None if count < 0 else count
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
 
 
 def _log_frame(stream: int, data: bytes) -> bytes:

@@ -20,6 +20,7 @@ gives requests, so it is tested with plain bytes.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import errno
 import json
@@ -99,6 +100,17 @@ class Response:
     content_type: str | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
     stream: AsyncIterator[bytes] | None = None
+    upgrade: str | None = None  # see `Response.upgraded`
+
+    @classmethod
+    def upgraded(
+        cls, protocol: str, stream: AsyncIterator[bytes], content_type: str | None = None
+    ) -> Response:
+        """101 Switching Protocols to *protocol*, then the connection is a raw byte
+        stream: each item as it comes, no chunked coding, and the server closes its
+        side when the iterator ends (Docker's attach: `Upgrade: tcp`). What the client
+        sends after the switch is read and dropped; its half-close is not a hang-up."""
+        return cls(101, content_type=content_type, stream=stream, upgrade=protocol)
 
     @classmethod
     def json(cls, obj: Any, status: int = 200, headers: Sequence[tuple[str, str]] = ()) -> Response:
@@ -440,7 +452,12 @@ def _header_problem(name: str, value: str) -> str | None:
 
 def _response_problem(response: Response) -> str | None:
     """Why a handler's response cannot be sent, or None when it can."""
-    if not 200 <= response.status <= 599:  # 1xx are the server's to send, not a handler's
+    if response.upgrade is not None:
+        if response.status != 101 or response.stream is None:
+            return "an upgrade is a 101 response with a stream"
+        if _header_problem("Upgrade", response.upgrade) is not None:
+            return f"bad upgrade protocol {response.upgrade!r}"
+    elif not 200 <= response.status <= 599:  # 1xx are the server's to send, not a handler's
         return f"response status {response.status} out of range"
     headers = list(response.headers)
     if response.content_type is not None:
@@ -617,6 +634,9 @@ class HttpServer:
         keep_alive: bool,
     ) -> bool:
         """Write `response`; True when the connection can carry another request."""
+        if response.upgrade is not None and response.stream is not None:
+            await self._send_upgraded(stream, response, response.stream)
+            return False
         is_head = request is not None and request.method == "HEAD"
         is_http10 = request is not None and request.version == "HTTP/1.0"
         has_body = response.status not in (204, 304)  # §6.3: these never have one
@@ -656,6 +676,36 @@ class HttpServer:
             stream, parser, head, chunks, chunked=not is_http10
         )
         return sent_whole_body and keep_alive
+
+    async def _send_upgraded(
+        self, stream: trio.abc.Stream, response: Response, chunks: AsyncIterator[bytes]
+    ) -> None:
+        own = [(n, v) for n, v in response.headers if n.lower() not in _FRAMING_HEADERS]
+        if response.content_type is not None:
+            own.append(("Content-Type", response.content_type))
+        own_names = {name.lower() for name, _ in own}
+        headers = [(n, v) for n, v in self._default_headers if n.lower() not in own_names]
+        headers += own
+        headers += [("Connection", "Upgrade"), ("Upgrade", str(response.upgrade))]
+        head = _render_head(101, headers)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._drain_client, stream)
+                sent = await self._pump_chunks(stream, head, chunks, chunked=False)
+                if sent and isinstance(stream, trio.abc.HalfCloseableStream):
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await stream.send_eof()
+                nursery.cancel_scope.cancel()
+        finally:
+            await self._close_stream(chunks)
+
+    async def _drain_client(self, stream: trio.abc.Stream) -> None:
+        # After the switch the client may half-close (no stdin) or send bytes nobody
+        # reads here; neither ends the stream going the other way.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while await stream.receive_some(_RECEIVE_SIZE):
+                pass
+        await trio.sleep_forever()
 
     async def _send_stream(
         self,

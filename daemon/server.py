@@ -118,6 +118,7 @@ async def serve(
     async with trio.open_nursery() as nursery:
         client, runtime_version = await nursery.start(supervise_runtime, options)
         backend = Backend(store, client, runc=options.runc or shutil.which("runc"))
+        backend.run_in(nursery)
         try:
             await backend.reconcile()
         except RpcError as exc:

@@ -65,6 +65,7 @@ class ContainerRecord:
     runtime: str  # "runc" (busybox rootfs in namespaces) or "process" (on the host)
     labels: dict[str, str] = field(default_factory=dict)
     hostname: str = ""
+    auto_remove: bool = False  # docker run --rm
     state: ContainerState = field(default_factory=ContainerState)
 
     def to_json(self) -> dict[str, Any]:

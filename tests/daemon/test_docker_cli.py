@@ -296,3 +296,56 @@ def _runtime_pid(daemon: Daemon) -> int:
     pid = int(found[-1])
     assert Path(f"/proc/{pid}/status").read_text().count(f"PPid:\t{daemon.process.pid}\n") == 1
     return pid
+
+
+def test_docker_run_shows_output_returns_the_exit_code_and_rm_removes(daemon: Daemon) -> None:
+    ran = daemon.docker(
+        "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 4", check=False
+    )
+    assert ran.returncode == 4
+    assert ran.stdout == "out\n" and ran.stderr == "err\n"
+    assert daemon.docker("ps", "-a", "-q").stdout == ""
+    kept = daemon.docker("run", "--name", "kept-output", "busybox", "echo", "two")
+    assert kept.stdout == "two\n"
+    assert daemon.inspect("kept-output")["State"]["ExitCode"] == 0  # type: ignore[index]
+    assert daemon.docker("logs", "kept-output").stdout == "two\n"
+    daemon.docker("rm", "kept-output")
+    with_stdin = daemon.docker("run", "-i", "--rm", "busybox", "cat", check=False)
+    assert with_stdin.returncode != 0 and "no stdin" in with_stdin.stderr
+
+
+def test_events_record_the_lifecycle_and_the_checkpoint(daemon: Daemon) -> None:
+    since = str(int(time.time()) - 1)
+    daemon.docker("run", "-d", "--name", "evented", "busybox", "sleep", "1000")
+    daemon.docker("checkpoint", "create", "evented", "ev1")
+    daemon.docker("rm", "evented")
+    until = str(int(time.time()) + 1)
+    out = daemon.docker(
+        "events",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--filter",
+        "container=evented",
+        "--format",
+        "{{.Action}}",
+    ).stdout.split()
+    assert out == ["create", "start", "checkpoint", "die", "destroy"]
+
+
+def test_an_rm_container_checkpointed_with_exit_stays_to_be_restored(daemon: Daemon) -> None:
+    daemon.docker("run", "-d", "--rm", "--name", "keep-me", "busybox", "sh", "-c", COUNTER)
+    daemon.wait_for_numbers("keep-me", 10)
+    daemon.docker("checkpoint", "create", "keep-me", "k1")
+    time.sleep(0.3)
+    assert daemon.inspect("keep-me")["State"]["Running"] is False  # type: ignore[index]
+    stopped = daemon.numbers("keep-me")
+    daemon.docker("start", "--checkpoint", "k1", "keep-me")
+    assert daemon.wait_for_numbers("keep-me", len(stopped) + 5)[len(stopped)] == stopped[-1] + 1
+    daemon.docker("kill", "keep-me")
+    assert daemon.docker("wait", "keep-me", check=False).returncode in (0, 1)
+    deadline = time.monotonic() + 10
+    while "keep-me" in daemon.docker("ps", "-a", "--format", "{{.Names}}").stdout:
+        assert time.monotonic() < deadline, "--rm did not remove the container after it died"
+        time.sleep(0.1)

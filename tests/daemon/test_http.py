@@ -971,3 +971,38 @@ def test_valid_requests_split_anywhere_parse_the_same(
         while (request := parser.next_request()) is not None:
             parsed.append(request)
     assert parsed == [expected for _, expected in requests]
+
+
+async def test_an_upgraded_connection_streams_raw_bytes_then_closes() -> None:
+    # Docker's attach: 101 with Upgrade: tcp, then unframed bytes. The client's
+    # half-close (it has no stdin to send) must not stop the output.
+    may_finish = trio.Event()
+
+    async def output() -> AsyncIterator[bytes]:
+        yield b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n"
+        await may_finish.wait()
+        yield b"\x02\x00\x00\x00\x00\x00\x00\x04err\n"
+
+    async def handler(request: Request) -> Response:
+        return Response.upgraded("tcp", output(), "application/vnd.docker.raw-stream")
+
+    async with connected(HttpServer(handler, default_headers=[("Api-Version", "1.41")])) as client:
+        await client.send(post("/containers/x/attach", b"", "Connection: Upgrade", "Upgrade: tcp"))
+        head = await client.read_head()
+        assert head.status == 101
+        assert head.header("upgrade") == "tcp" and head.header("connection") == "Upgrade"
+        assert head.header("api-version") == "1.41"
+        assert head.header("transfer-encoding") is None and head.header("content-length") is None
+        await client.stream.send_eof()
+        assert await client.read_exactly(11) == b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n"
+        may_finish.set()
+        assert await client.read_to_eof() == b"\x02\x00\x00\x00\x00\x00\x00\x04err\n"
+
+
+async def test_only_an_upgrade_may_answer_101() -> None:
+    async def handler(request: Request) -> Response:
+        return Response(101)
+
+    async with connected(HttpServer(handler, log=lambda message: None)) as client:
+        await client.send(get("/x"))
+        assert (await client.read_response()).status == 500

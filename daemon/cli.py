@@ -332,10 +332,17 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """cryo's main job end to end: checkpoint and restore a container through the runtime."""
-    from daemon import demo  # the demo's imports are only needed here
+    """cryo's main job end to end: docker checkpoint create through the daemon, or
+    (--direct) the runtime's API called without the daemon."""
+    if args.direct:
+        from daemon import demo  # the demo's imports are only needed here
 
-    return demo.main(args.kind)
+        return demo.main(args.kind or "process")
+    if args.kind not in (None, "runc"):
+        raise UsageError("the Docker path runs busybox containers with runc; --kind needs --direct")
+    from daemon import docker_demo
+
+    return docker_demo.main()
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -391,13 +398,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="start the runtime, checkpoint a running counter and restore it (traced)",
+        help="docker checkpoint create / start --checkpoint through cryo's daemon (traced)",
+        description=(
+            "Start cryo's daemon, run a counting busybox container with the docker CLI, "
+            "checkpoint it (HTTP → daemon → gRPC CreateCheckpoint → runtime → CRIU), "
+            "restore it, check the count goes on, and show the gRPC call's trace. With "
+            "--direct, call the runtime's types.API without the daemon instead."
+        ),
+    )
+    demo.add_argument(
+        "--direct",
+        action="store_true",
+        help="skip the daemon and the docker CLI: call the runtime's API directly",
     )
     demo.add_argument(
         "--kind",
         choices=("process", "runc"),
-        default="process",
-        help="a process on the host, or a runc busybox container (default: process)",
+        default=None,
+        help="with --direct: a process on the host (default) or a runc busybox container",
     )
     demo.set_defaults(run=cmd_demo)
 

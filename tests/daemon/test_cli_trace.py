@@ -50,8 +50,27 @@ async def test_trace_default_call_shows_both_sides_of_create_checkpoint(tmp_path
     assert "response: {}" in stderr
 
 
-async def test_demo_checkpoints_and_restores_a_counter_showing_the_call() -> None:
+async def test_demo_runs_docker_checkpoint_through_the_daemon_showing_the_call() -> None:
     code, stdout, stderr = await cryo("demo")
+    assert code == 0, stderr
+    for command in (
+        "$ docker run -d --name counter busybox",
+        "$ docker checkpoint create counter cp1",
+        "$ docker checkpoint ls counter",
+        "$ docker start --checkpoint cp1 counter",
+        "$ docker checkpoint rm counter cp1",
+    ):
+        assert command in stdout
+    assert "Exited (137)" in stdout
+    assert "(no gap, no repeat)" in stdout
+    assert "/types.API/CreateCheckpoint: OK" in stdout
+    assert "▶ ClientConn.invoke /types.API/CreateCheckpoint" in stdout
+    assert ":path: /types.API/CreateCheckpoint" in stdout
+    assert "demo finished" in stdout and "\x1b[" not in stdout
+
+
+async def test_direct_demo_checkpoints_and_restores_a_counter_showing_the_call() -> None:
+    code, stdout, stderr = await cryo("demo", "--direct")
     assert code == 0, stderr
     assert "runtime started" in stdout
     assert "/types.API/CreateCheckpoint: OK" in stdout
@@ -63,7 +82,7 @@ async def test_demo_checkpoints_and_restores_a_counter_showing_the_call() -> Non
 
 
 async def test_demo_with_a_runc_container() -> None:
-    code, stdout, stderr = await cryo("demo", "--kind", "runc")
+    code, stdout, stderr = await cryo("demo", "--direct", "--kind", "runc")
     assert code == 0, stderr
     assert "container 'demo' (runc) created" in stdout
     assert "(no gap, no repeat)" in stdout
@@ -122,11 +141,11 @@ async def test_trace_refuses_unknown_methods_and_bad_requests() -> None:
 
 async def test_cryo_trace_env_traces_any_command(tmp_path: Path) -> None:
     out = tmp_path / "everything.jsonl"
-    code, _, stderr = await cryo("demo", env={"CRYO_TRACE": str(out)})
+    code, _, stderr = await cryo("demo", "--direct", env={"CRYO_TRACE": str(out)})
     assert code == 0, stderr
     events = load(out.read_text())
     assert any(e["name"] == "recv_response" for e in events)
-    code, _, stderr = await cryo("demo", env={"CRYO_TRACE": "-"})
+    code, _, stderr = await cryo("demo", env={"CRYO_TRACE": "-"})  # the daemon's calls too
     assert code == 0
     assert "▶ ClientConn.invoke /types.API/CreateCheckpoint" in stderr
 

@@ -3,13 +3,15 @@
     python -m bench.checkpoint [--reps 5] [--containers 8] [--kind runc|process]
                                [--out bench/results/checkpoint-<UTC>.md]
 
-- **C1**: one running counter process (a `process` container) is checkpointed, leaving
-  it running, through the runtime's gRPC API (``/types.API/CreateCheckpoint``) and with
-  the bare ``criu dump --leave-running`` command line, alternately, *reps* times each.
-  Reported: the median seconds of each and the runtime's overhead over bare CRIU. The
-  runtime's figure includes what bare CRIU does not do: the gRPC round trip, recording
-  the task's stdio, and flushing the images to disk before the checkpoint is named.
-  (C1 through the daemon's HTTP API belongs to the daemon's benchmark.)
+- **C1**: a running counter process (a `process` container) is checkpointed, leaving
+  it running, through the daemon's HTTP API (``POST /containers/{id}/checkpoints``, as
+  the docker CLI sends it, to a `cryo daemon` started for the run), through the
+  runtime's gRPC API (``/types.API/CreateCheckpoint``) and with the bare
+  ``criu dump --leave-running`` command line, in rotating order, *reps* times each.
+  Reported: the median seconds of each and the overhead over bare CRIU. The runtime's
+  figure includes what bare CRIU does not do: the gRPC round trip, recording the task's
+  stdio, and flushing the images to disk before the checkpoint is named; the daemon's
+  adds an HTTP request, Docker's checks and the per-container lock.
 - **C2**: *containers* containers (runc busybox by default) are checkpointed, leaving
   them running, one after another and all at once, alternately, *reps* times each.
   Reported: the median of each total and the speed-up.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
 import statistics
@@ -37,6 +40,7 @@ from pathlib import Path
 import trio
 
 from daemon import supervisor
+from daemon.bundles import PYTHON_COUNTER
 from proto.types import api_pb2
 from proto.types.api_cryo import APIStub
 from runtime.criu import CriuBinary
@@ -70,7 +74,78 @@ async def _delete(api: APIStub, container_id: str, name: str) -> None:
     await api.DeleteCheckpoint(request, timeout=CALL_TIMEOUT)
 
 
-async def measure_c1(api: APIStub, work: Path, criu: str, reps: int) -> dict[str, list[float]]:
+class DaemonUnderTest:
+    """A `cryo daemon` of the run's own, and plain HTTP/1.1 requests to its socket."""
+
+    def __init__(self, work: Path) -> None:
+        self.socket = work / "daemon.sock"
+        self.log = work / "daemon.log"
+        self.root = work / "daemon-root"
+        self.process: trio.Process | None = None
+
+    async def start(self) -> None:
+        env = {**os.environ}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        with self.log.open("ab") as log:
+            self.process = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "daemon",
+                    "daemon",
+                    "-H",
+                    f"unix://{self.socket}",
+                    "--data-root",
+                    str(self.root),
+                ],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        with trio.fail_after(60):
+            while True:
+                try:
+                    if (await self.request("GET", "/_ping"))[0] == 200:
+                        return
+                except OSError:
+                    pass
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"the daemon exited: {self.log.read_text()[-2000:]}")
+                await trio.sleep(0.1)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            with trio.move_on_after(60):
+                await self.process.wait()
+            if self.process.returncode is None:
+                self.process.kill()
+                await self.process.wait()
+
+    async def request(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+        """One request on a fresh connection, as the docker CLI makes them."""
+        data = b"" if body is None else json.dumps(body).encode()
+        head = (
+            f"{method} /v1.41{path} HTTP/1.1\r\nHost: docker\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        stream = await trio.open_unix_socket(str(self.socket))
+        async with stream:
+            await stream.send_all(head + data)
+            received = bytearray()
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+        head_bytes, _, body_bytes = bytes(received).partition(b"\r\n\r\n")
+        status = int(head_bytes.split(b" ", 2)[1])
+        if status >= 400:
+            raise RuntimeError(f"{method} {path}: {status} {body_bytes!r}")
+        return status, body_bytes
+
+
+async def measure_c1(
+    api: APIStub, work: Path, criu: str, reps: int, daemon: DaemonUnderTest
+) -> dict[str, list[float]]:
     bundle = make_process_bundle(work / "c1-bundle")
     output = CounterOutput(work / "c1.out")
     created = await api.CreateContainer(
@@ -81,7 +156,24 @@ async def measure_c1(api: APIStub, work: Path, criu: str, reps: int) -> dict[str
     )
     pid = created.container.processes[0].systemPid
     await output.wait_for(5)
-    samples: dict[str, list[float]] = {"runtime": [], "bare": []}
+    samples: dict[str, list[float]] = {"daemon": [], "runtime": [], "bare": []}
+    counter = [sys.executable, "-c", PYTHON_COUNTER]
+    _, answer = await daemon.request(
+        "POST",
+        "/containers/create?name=c1",
+        {"Image": "busybox", "Cmd": counter, "HostConfig": {"Runtime": "process"}},
+    )
+    daemon_id = json.loads(answer)["Id"]
+    await daemon.request("POST", f"/containers/{daemon_id}/start")
+    await trio.sleep(0.3)
+
+    async def through_daemon(name: str) -> None:
+        await daemon.request(
+            "POST", f"/containers/{daemon_id}/checkpoints", {"CheckpointID": name, "Exit": False}
+        )
+
+    async def delete_through_daemon(name: str) -> None:
+        await daemon.request("DELETE", f"/containers/{daemon_id}/checkpoints/{name}")
 
     async def bare_dump(rep: int) -> None:
         images = work / f"bare-{rep}"
@@ -108,16 +200,23 @@ async def measure_c1(api: APIStub, work: Path, criu: str, reps: int) -> dict[str
     # One unmeasured round of each first: page cache, imports, CRIU's own warm-up.
     await _checkpoint(api, "c1", "warm-up")
     await _delete(api, "c1", "warm-up")
+    await through_daemon("warm-up")
+    await delete_through_daemon("warm-up")
     await bare_dump(0)
+    paths = ["daemon", "runtime", "bare"]
     for rep in range(1, reps + 1):
-        order = ["runtime", "bare"] if rep % 2 else ["bare", "runtime"]
-        for which in order:
-            if which == "runtime":
-                name = f"rep-{rep}"
+        k = rep % len(paths)
+        for which in paths[k:] + paths[:k]:
+            name = f"rep-{rep}"
+            if which == "daemon":
+                samples["daemon"].append(await _timed(partial(through_daemon, name)))
+                await delete_through_daemon(name)
+            elif which == "runtime":
                 samples["runtime"].append(await _timed(partial(_checkpoint, api, "c1", name)))
                 await _delete(api, "c1", name)
             else:
                 samples["bare"].append(await _timed(partial(bare_dump, rep)))
+    await daemon.request("DELETE", f"/containers/{daemon_id}?force=1")
     return samples
 
 
@@ -173,6 +272,7 @@ async def measure_c2(
 def render(
     c1: dict[str, list[float]], c2: dict[str, list[float]], kind: str, count: int, reps: int
 ) -> str:
+    daemon_s, daemon_spread = _median_and_spread(c1["daemon"])
     runtime_s, runtime_spread = _median_and_spread(c1["runtime"])
     bare_s, bare_spread = _median_and_spread(c1["bare"])
     sequential_s, sequential_spread = _median_and_spread(c2["sequential"])
@@ -187,13 +287,16 @@ def render(
         "",
         "## C1: checkpoint one running counter process (leave running)",
         "",
-        "| path | seconds | spread |",
-        "|---|---|---|",
-        f"| runtime gRPC `CreateCheckpoint` | {runtime_s:.3f} | {runtime_spread:.0%} |",
-        f"| bare `criu dump --leave-running` | {bare_s:.3f} | {bare_spread:.0%} |",
+        "| path | seconds | spread | over bare CRIU |",
+        "|---|---|---|---|",
+        f"| daemon HTTP `POST /containers/{{id}}/checkpoints` | {daemon_s:.3f} | "
+        f"{daemon_spread:.0%} | {daemon_s / bare_s:.2f}x |",
+        f"| runtime gRPC `CreateCheckpoint` | {runtime_s:.3f} | {runtime_spread:.0%} | "
+        f"{runtime_s / bare_s:.2f}x |",
+        f"| bare `criu dump --leave-running` | {bare_s:.3f} | {bare_spread:.0%} | 1.00x |",
         "",
-        f"Runtime overhead over bare CRIU: {runtime_s - bare_s:+.3f} s "
-        f"({runtime_s / bare_s:.2f}x). The runtime also records the task's stdio, writes "
+        f"Daemon over runtime: {daemon_s - runtime_s:+.3f} s; runtime over bare CRIU: "
+        f"{runtime_s - bare_s:+.3f} s. The runtime also records the task's stdio, writes "
         "config.json and flushes every image to disk before naming the checkpoint; bare "
         "CRIU does none of that.",
         "",
@@ -218,16 +321,23 @@ async def run(options: argparse.Namespace) -> str:
         raise SystemExit("C2 with runc containers needs runc; use --kind process")
     with tempfile.TemporaryDirectory(prefix="cryo-bench-checkpoint-") as scratch:
         work = Path(scratch)
+        daemon = DaemonUnderTest(work)
         async with (
             supervisor.launch(work / "state", runc=runc, log_file=work / "runtime.log") as launched,
             ClientConn(launched.target) as conn,
         ):
             api = APIStub(conn)
-            with trio.fail_after(options.time_limit):
-                c1 = await measure_c1(api, work, criu, options.reps)
-                c2 = await measure_c2(
-                    api, work, options.kind, options.containers, options.reps, runc
-                )
+            try:
+                with trio.fail_after(options.time_limit):
+                    await daemon.start()
+                    c1 = await measure_c1(api, work, criu, options.reps, daemon)
+                    await daemon.stop()
+                    c2 = await measure_c2(
+                        api, work, options.kind, options.containers, options.reps, runc
+                    )
+            finally:
+                with trio.CancelScope(shield=True):
+                    await daemon.stop()
     return render(c1, c2, options.kind, options.containers, options.reps)
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import trio
 
-from daemon import supervisor
+from daemon import server, supervisor
 from daemon.bundles import PYTHON_COUNTER
 from proto.types import api_pb2
 from proto.types.api_cryo import APIStub
@@ -84,23 +84,12 @@ class DaemonUnderTest:
         self.process: trio.Process | None = None
 
     async def start(self) -> None:
-        env = {**os.environ}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with self.log.open("ab") as log:
             self.process = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "daemon",
-                    "daemon",
-                    "-H",
-                    f"unix://{self.socket}",
-                    "--data-root",
-                    str(self.root),
-                ],
+                server.command_line(f"unix://{self.socket}", self.root),
                 stdout=log,
                 stderr=log,
-                env=env,
+                env=server.child_environment(),
             )
         with trio.fail_after(60):
             while True:

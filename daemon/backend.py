@@ -464,8 +464,17 @@ class Backend:
                 return
             changed = self._changed.setdefault(record.id, trio.Event())
             await changed.wait()
+        async for frame in self._follow(record, streams, offsets):
+            yield frame
+
+    async def _follow(
+        self, record: ContainerRecord, streams: list[tuple[int, str]], offsets: dict[int, int]
+    ) -> AsyncIterator[bytes]:
+        """New output from *offsets* on, as frames, until the task is not running (or
+        the container is removed); looks again on every state change and every
+        LOG_POLL_INTERVAL."""
         while True:
-            running = record.state.running
+            running = record.state.running and self.store.find(record.id) is record
             for number, name in streams:
                 chunk = _read_from(self.log_path(record, name), offsets[number])
                 if chunk:
@@ -492,16 +501,9 @@ class Backend:
             offsets[number] = len(data)
             if chunk:
                 yield _log_frame(number, chunk)
-        while follow:
-            running = record.state.running
-            for number, name in streams:
-                chunk = _read_from(self.log_path(record, name), offsets[number])
-                if chunk:
-                    offsets[number] += len(chunk)
-                    yield _log_frame(number, chunk)
-            if not running or self.store.find(record.id) is None:
-                return
-            await trio.sleep(LOG_POLL_INTERVAL)
+        if follow:
+            async for frame in self._follow(record, streams, offsets):
+                yield frame
 
     # -- checkpoints ------------------------------------------------------------------
 
@@ -518,14 +520,7 @@ class Backend:
         request = api_pb2.CreateCheckpointRequest(
             id=record.id,
             checkpointDir=directory,
-            checkpoint=api_pb2.Checkpoint(
-                name=checkpoint_id,
-                exit=exit,
-                tcp=True,
-                unixSockets=True,
-                shell=False,
-                emptyNS=["network"] if record.runtime == "runc" else [],
-            ),
+            checkpoint=libcontainerd_checkpoint(checkpoint_id, exit=exit, runtime=record.runtime),
         )
         async with self.runtime.lock(record.id):
             # The runtime's "checkpoint" event (before its "exit") logs ours, so that
@@ -683,6 +678,20 @@ class Backend:
 
 
 # -- helpers of the operations above ---------------------------------------------------
+
+
+def libcontainerd_checkpoint(name: str, *, exit: bool, runtime: str) -> api_pb2.Checkpoint:
+    """The options Docker 17's libcontainerd sent with every checkpoint: established TCP
+    connections and external unix sockets dumped, no shell job, and (for a container in
+    namespaces) the network namespace left empty for the restore to fill."""
+    return api_pb2.Checkpoint(
+        name=name,
+        exit=exit,
+        tcp=True,
+        unixSockets=True,
+        shell=False,
+        emptyNS=["network"] if runtime == "runc" else [],
+    )
 
 
 def _invalid_checkpoint(name: str) -> str:

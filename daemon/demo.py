@@ -29,6 +29,7 @@ from typing import TextIO
 import trio
 
 from daemon import supervisor
+from daemon.backend import libcontainerd_checkpoint
 from daemon.bundles import make_process_bundle, make_runc_bundle
 from proto.types import api_pb2
 from proto.types.api_cryo import APIStub
@@ -131,13 +132,7 @@ async def _run_story(
     # What libcontainerd sent for `docker checkpoint create demo cp1`.
     request = api_pb2.CreateCheckpointRequest(
         id=CONTAINER_ID,
-        checkpoint=api_pb2.Checkpoint(
-            name=CHECKPOINT_NAME,
-            exit=True,
-            tcp=True,
-            unixSockets=True,
-            emptyNS=["network"] if kind == "runc" else [],
-        ),
+        checkpoint=libcontainerd_checkpoint(CHECKPOINT_NAME, exit=True, runtime=kind),
     )
     collector = TraceCollector()
     everywhere = installed_tracer()  # CRYO_TRACE wants this call too

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from daemon import server
 from daemon.bundles import SHELL_COUNTER
 from daemon.demo import DemoFailed, Story
 from wire.trace import TraceEvent, installed_tracer
@@ -37,7 +38,6 @@ from wire.tracing import read_json_lines, render_terminal
 CONTAINER = "counter"
 CHECKPOINT = "cp1"
 TRACED_METHOD = "/types.API/CreateCheckpoint"
-REPO = Path(__file__).resolve().parent.parent
 
 
 class DockerDemo:
@@ -56,23 +56,12 @@ class DockerDemo:
         self.docker_path = docker
 
     def start_daemon(self) -> None:
-        env = {**os.environ, "CRYO_TRACE": str(self.trace_file)}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daemon",
-                    "daemon",
-                    "-H",
-                    f"unix://{self.socket}",
-                    "--data-root",
-                    str(self.work / "root"),
-                ],
+                server.command_line(f"unix://{self.socket}", self.work / "root"),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=server.child_environment(CRYO_TRACE=str(self.trace_file)),
             )
         deadline = time.monotonic() + 60
         while self.docker("version", "--format", "{{.Server.Version}}", check=False).returncode:

@@ -34,6 +34,7 @@ from daemon.store import ContainerStore
 from proto.types import api_pb2
 from wire.errors import RpcError
 
+_REPO_ROOT = Path(__file__).resolve().parent.parent
 HEALTH_INTERVAL = 0.5
 HEALTH_TIMEOUT = 3.0
 HEALTH_FAILURES = 3
@@ -46,6 +47,19 @@ class DaemonOptions:
     runc: str | None = None
     criu: str | None = None
     socket_mode: int = 0o660
+
+
+def command_line(host: str, data_root: Path) -> list[str]:
+    """How to start `cryo daemon` from this checkout as a child process (with
+    `child_environment`): for the demo, the benchmarks and the tests."""
+    return [sys.executable, "-m", "daemon", "daemon", "-H", host, "--data-root", str(data_root)]
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment, with this checkout first on PYTHONPATH, plus *extra*."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 def log(text: str) -> None:

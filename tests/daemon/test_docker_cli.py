@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from daemon import server
 from runtime.criu import CriuBinary, CriuNotFound
 
-REPO = Path(__file__).resolve().parents[2]
 ON_CI = os.environ.get("CI") == "true"
 
 
@@ -115,17 +115,8 @@ def start_daemon(work: Path) -> Daemon:
     sock = work / "docker.sock"
     log = work / "daemon.log"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daemon",
-            "daemon",
-            "-H",
-            f"unix://{sock}",
-            "--data-root",
-            str(work / "root"),
-        ],
-        cwd=REPO,
+        server.command_line(f"unix://{sock}", work / "root"),
+        env=server.child_environment(),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )

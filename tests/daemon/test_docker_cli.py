@@ -340,3 +340,26 @@ def test_an_rm_container_checkpointed_with_exit_stays_to_be_restored(daemon: Dae
     while "keep-me" in daemon.docker("ps", "-a", "--format", "{{.Names}}").stdout:
         assert time.monotonic() < deadline, "--rm did not remove the container after it died"
         time.sleep(0.1)
+
+
+def test_the_api_can_also_listen_on_loopback_tcp(tmp_path: Path) -> None:
+    require_tools()
+    with socket.socket() as probe:  # a free port, released for the daemon to take
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "daemon.log"
+    process = subprocess.Popen(
+        server.command_line(f"tcp://127.0.0.1:{port}", tmp_path / "root"),
+        env=server.child_environment(),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    daemon = Daemon(process, f"tcp://127.0.0.1:{port}", tmp_path / "root", tmp_path / "cfg", log)
+    try:
+        deadline = time.monotonic() + 60
+        while daemon.docker("version", check=False).returncode != 0:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert daemon.docker("run", "--rm", "busybox", "echo", "over tcp").stdout == "over tcp\n"
+    finally:
+        stop_daemon(daemon)

@@ -85,6 +85,9 @@ class Image:
     created: str
     size: int
     default_cmd: tuple[str, ...] = ("sh",)
+    default_env: tuple[str, ...] = (
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    )
 
     @property
     def reference(self) -> str:
@@ -148,6 +151,7 @@ class Backend:
         self._nursery: trio.Nursery | None = None  # for work that outlives a request
         # container id → (checkpoint being made, whether the task exits after it)
         self._checkpointing: dict[str, tuple[str, bool]] = {}
+        self._start_attempts: dict[str, int] = {}  # failed starts, for attached clients
 
     def run_in(self, nursery: trio.Nursery) -> None:
         """Background work (removing `--rm` containers after exit) runs in *nursery*."""
@@ -217,7 +221,7 @@ class Backend:
             image=reference,
             image_id=image.id,
             args=args,
-            env=env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            env=_merge_env(list(image.default_env), env),
             cwd=cwd,
             runtime=runtime,
             labels=labels,
@@ -311,7 +315,9 @@ class Backend:
                     if checkpoint
                     else "start container"
                 )
-                raise DaemonError(_rpc_status(exc), f"cannot {verb}: {exc.message}") from exc
+                message = f"cannot {verb}: {exc.message}"
+                self._start_failed(record, message)
+                raise DaemonError(_rpc_status(exc), message) from exc
             state = record.state
             state.status = "running"
             state.pid = _init_pid(created.container)
@@ -323,6 +329,28 @@ class Backend:
         self._changed_now(record)
         self._emit("start", record, **({"checkpoint": checkpoint} if checkpoint else {}))
         return True
+
+    def _start_failed(self, record: ContainerRecord, message: str) -> None:
+        """As Docker: the container stays not running, with the error and the exit code
+        a shell would give (127 not found, 126 not executable, else 128); whoever is
+        attached or waiting hears of it, and a `--rm` container goes."""
+        lowered = message.lower()
+        if "not found" in lowered or "no such file" in lowered:
+            code = 127
+        elif "permission denied" in lowered:
+            code = 126
+        else:
+            code = 128
+        state = record.state
+        state.exit_code = code
+        state.error = message
+        state.finished_at = _now()
+        if self.store.find(record.id) is record:
+            self.store.save(record)
+        self._start_attempts[record.id] = self._start_attempts.get(record.id, 0) + 1
+        self._changed_now(record)
+        if record.auto_remove and self._nursery is not None:
+            self._nursery.start_soon(self._remove_quietly, record)
 
     # -- signals ----------------------------------------------------------------------
 
@@ -459,9 +487,12 @@ class Backend:
         self, record: ContainerRecord, streams: list[tuple[int, str]], offsets: dict[int, int]
     ) -> AsyncIterator[bytes]:
         started_at = record.state.started_at
+        attempts = self._start_attempts.get(record.id, 0)
         while not record.state.running and record.state.started_at == started_at:
             if self.store.find(record.id) is not record:
                 return
+            if self._start_attempts.get(record.id, 0) != attempts:
+                return  # the start it was waiting for failed
             changed = self._changed.setdefault(record.id, trio.Event())
             await changed.wait()
         async for frame in self._follow(record, streams, offsets):
@@ -715,6 +746,17 @@ def _command(config: dict[str, Any], image: Image) -> list[str]:
     if not args:
         raise DaemonError(400, "No command specified")
     return args
+
+
+def _merge_env(image_env: list[str], given: list[str]) -> list[str]:
+    """The image's variables, each replaced by a given one of the same name (Docker's
+    rule: `-e FOO=bar` keeps the image's PATH)."""
+    merged = {item.partition("=")[0]: item for item in image_env}
+    for item in given:
+        if "=" not in item:
+            raise DaemonError(400, f"invalid environment variable: {item!r} (NAME=value)")
+        merged[item.partition("=")[0]] = item
+    return list(merged.values())
 
 
 def _split_env(env: list[str]) -> list[tuple[str, str]]:

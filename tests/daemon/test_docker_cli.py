@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -94,7 +95,7 @@ class Daemon:
             f"{container} wrote {len(self.numbers(container))} numbers, not {at_least}"
         )
 
-    def inspect(self, container: str) -> dict[str, object]:
+    def inspect(self, container: str) -> dict[str, Any]:
         data = json.loads(self.docker("inspect", container).stdout)
         assert isinstance(data, list) and len(data) == 1
         return data[0]  # type: ignore[no-any-return]
@@ -167,12 +168,12 @@ def test_a_runc_container_is_checkpointed_listed_restored_and_removed(daemon: Da
     daemon.docker("start", "counter")
     before = daemon.wait_for_numbers("counter", 30)
     assert before[:3] == [0, 1, 2]
-    assert daemon.inspect("counter")["State"]["Running"] is True  # type: ignore[index]
+    assert daemon.inspect("counter")["State"]["Running"] is True
 
     made = daemon.docker("checkpoint", "create", "counter", "cp1")
     assert made.stdout.strip() == "cp1"
     state = daemon.inspect("counter")["State"]
-    assert state["Running"] is False  # type: ignore[index]
+    assert state["Running"] is False
     stopped = daemon.numbers("counter")
     time.sleep(0.3)
     assert daemon.numbers("counter") == stopped, "the counter ran on after an exit checkpoint"
@@ -187,7 +188,7 @@ def test_a_runc_container_is_checkpointed_listed_restored_and_removed(daemon: Da
     assert after[: len(stopped)] == stopped
 
     daemon.docker("checkpoint", "create", "--leave-running", "counter", "cp2")
-    assert daemon.inspect("counter")["State"]["Running"] is True  # type: ignore[index]
+    assert daemon.inspect("counter")["State"]["Running"] is True
     daemon.docker("checkpoint", "rm", "counter", "cp1")
     assert daemon.docker("checkpoint", "ls", "counter").stdout.split()[2:] == ["cp2"]
 
@@ -247,7 +248,7 @@ def test_a_custom_checkpoint_dir_and_the_process_runtime(daemon: Daemon, tmp_pat
     after = daemon.wait_for_numbers("host-counter", len(stopped) + 10)
     assert after[len(stopped)] == stopped[-1] + 1
     daemon.docker("stop", "-t", "5", "host-counter")
-    assert daemon.inspect("host-counter")["State"]["Running"] is False  # type: ignore[index]
+    assert daemon.inspect("host-counter")["State"]["Running"] is False
     daemon.docker("rm", "host-counter")
 
 
@@ -274,7 +275,7 @@ def test_the_daemon_restarts_a_runtime_that_died_and_keeps_its_records(
     try:
         names = second.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
         assert sorted(names) == ["after", "kept"]
-        assert second.inspect("kept")["State"]["Running"] is False  # type: ignore[index]
+        assert second.inspect("kept")["State"]["Running"] is False
         second.docker("rm", "kept", "after")
     finally:
         stop_daemon(second)
@@ -298,7 +299,7 @@ def test_docker_run_shows_output_returns_the_exit_code_and_rm_removes(daemon: Da
     assert daemon.docker("ps", "-a", "-q").stdout == ""
     kept = daemon.docker("run", "--name", "kept-output", "busybox", "echo", "two")
     assert kept.stdout == "two\n"
-    assert daemon.inspect("kept-output")["State"]["ExitCode"] == 0  # type: ignore[index]
+    assert daemon.inspect("kept-output")["State"]["ExitCode"] == 0
     assert daemon.docker("logs", "kept-output").stdout == "two\n"
     daemon.docker("rm", "kept-output")
     with_stdin = daemon.docker("run", "-i", "--rm", "busybox", "cat", check=False)
@@ -330,7 +331,7 @@ def test_an_rm_container_checkpointed_with_exit_stays_to_be_restored(daemon: Dae
     daemon.wait_for_numbers("keep-me", 10)
     daemon.docker("checkpoint", "create", "keep-me", "k1")
     time.sleep(0.3)
-    assert daemon.inspect("keep-me")["State"]["Running"] is False  # type: ignore[index]
+    assert daemon.inspect("keep-me")["State"]["Running"] is False
     stopped = daemon.numbers("keep-me")
     daemon.docker("start", "--checkpoint", "k1", "keep-me")
     assert daemon.wait_for_numbers("keep-me", len(stopped) + 5)[len(stopped)] == stopped[-1] + 1
@@ -363,3 +364,33 @@ def test_the_api_can_also_listen_on_loopback_tcp(tmp_path: Path) -> None:
         assert daemon.docker("run", "--rm", "busybox", "echo", "over tcp").stdout == "over tcp\n"
     finally:
         stop_daemon(daemon)
+
+
+def test_env_workdir_and_a_command_that_cannot_start(daemon: Daemon) -> None:
+    ran = daemon.docker(
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hi",
+        "-e",
+        "PATH=/bin",
+        "-w",
+        "/tmp",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $GREETING $PATH; pwd",
+    )
+    assert ran.stdout == "hi /bin\n/tmp\n"
+    kept_path = daemon.docker("run", "--rm", "-e", "ONLY=1", "busybox", "sh", "-c", "echo $PATH")
+    assert "/bin" in kept_path.stdout  # the image's PATH stays when only others are given
+    failed = daemon.docker("run", "--rm", "busybox", "no-such-command", check=False, timeout=30)
+    assert failed.returncode == 127
+    assert "executable file not found" in failed.stderr
+    assert daemon.docker("ps", "-a", "-q").stdout == ""  # --rm removed it
+    daemon.docker("create", "--name", "cannot-run", "busybox", "no-such-command")
+    assert daemon.docker("start", "cannot-run", check=False).returncode != 0
+    state = daemon.inspect("cannot-run")["State"]
+    assert state["ExitCode"] == 127 and "no-such-command" in state["Error"]
+    assert state["Running"] is False
+    daemon.docker("rm", "cannot-run")

@@ -50,6 +50,7 @@ class DockerDemo:
         self.trace_file = work / "daemon-trace.jsonl"
         self.log = work / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_seen = 0  # bytes of the daemon's log already looked at
         docker = shutil.which("docker")
         if docker is None:
             raise DemoFailed("the docker CLI is not on this machine's PATH")
@@ -92,12 +93,33 @@ class DockerDemo:
         return done
 
     def say_docker(self, *args: str) -> str:
-        """Run a docker command, showing it and what it printed."""
+        """Run a docker command, showing it, the HTTP requests it made of the daemon
+        (from the daemon's log), and what it printed."""
         self.story.say("$ docker " + " ".join(_quoted(a) for a in args))
+        self.new_requests()  # the demo's own checks in between are not this command's
         out = self.docker(*args).stdout.rstrip("\n")
+        for request in self.new_requests():
+            self.story.detail(f"HTTP {request}")
         for line in out.splitlines()[:8]:
             self.story.detail(line)
         return out
+
+    def new_requests(self) -> list[str]:
+        """API requests the daemon logged since the last look, but the CLI's pings."""
+        try:
+            with self.log.open("rb") as f:
+                f.seek(self._log_seen)
+                data = f.read()
+        except OSError:
+            return []
+        self._log_seen += len(data)
+        marker = "cryo daemon: api: "
+        lines = data.decode(errors="replace").splitlines()
+        return [
+            line.removeprefix(marker)
+            for line in lines
+            if line.startswith(marker) and " /_ping " not in line and "/_ping " not in line
+        ]
 
     def numbers(self) -> list[int]:
         out = self.docker("logs", CONTAINER).stdout

@@ -66,6 +66,11 @@ def log(text: str) -> None:
     print(f"cryo daemon: {text}", file=sys.stderr, flush=True)
 
 
+def log_request(text: str) -> None:
+    """Each API request, as dockerd's debug log has them ("Calling POST /v1.41/…")."""
+    print(f"cryo daemon: api: {text}", file=sys.stderr, flush=True)
+
+
 async def supervise_runtime(
     options: DaemonOptions,
     *,
@@ -139,7 +144,7 @@ async def serve(
             log(f"could not compare containers with the runtime: {exc}")
         await nursery.start(client.follow_events, backend.on_runtime_event)
         api = DockerApi(backend, runtime_version=runtime_version)
-        http = HttpServer(api, default_headers=api.default_headers, log=log)
+        http = HttpServer(api, default_headers=api.default_headers, log=log, access_log=log_request)
         if options.host.startswith("unix://"):
             path = options.host.removeprefix("unix://")
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,8 @@ async def test_demo_runs_docker_checkpoint_through_the_daemon_showing_the_call()
     ):
         assert command in stdout
     assert "Exited (137)" in stdout
+    assert "HTTP POST /v1.41/containers/counter/checkpoints → 201" in stdout
+    assert "HTTP POST /v1.41/containers/counter/start?checkpoint=cp1 → 204" in stdout
     assert "(no gap, no repeat)" in stdout
     assert "/types.API/CreateCheckpoint: OK" in stdout
     assert "▶ ClientConn.invoke /types.API/CreateCheckpoint" in stdout

@@ -1006,3 +1006,17 @@ async def test_only_an_upgrade_may_answer_101() -> None:
     async with connected(HttpServer(handler, log=lambda message: None)) as client:
         await client.send(get("/x"))
         assert (await client.read_response()).status == 500
+
+
+async def test_each_answered_request_gets_one_access_log_line() -> None:
+    lines: list[str] = []
+    server = HttpServer(Recorder(), access_log=lines.append)
+    async with connected(server) as client:
+        await client.send(get("/_ping") + post("/containers/x/checkpoints", b"{}"))
+        assert (await client.read_response()).status == 200
+        assert (await client.read_response()).status == 200
+    assert [line.split(" (")[0] for line in lines] == [
+        "GET /_ping → 200",
+        "POST /containers/x/checkpoints → 200",
+    ]
+    assert all(line.endswith(" ms)") for line in lines)

@@ -316,7 +316,10 @@ class Backend:
                     else "start container"
                 )
                 message = f"cannot {verb}: {exc.message}"
-                self._start_failed(record, message)
+                if checkpoint is None:
+                    # A failed restore changes nothing: the container keeps its exit
+                    # and its checkpoints, so a corrected restore can follow.
+                    self._start_failed(record, message)
                 raise DaemonError(_rpc_status(exc), message) from exc
             state = record.state
             state.status = "running"

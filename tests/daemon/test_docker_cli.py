@@ -332,6 +332,10 @@ def test_an_rm_container_checkpointed_with_exit_stays_to_be_restored(daemon: Dae
     daemon.docker("checkpoint", "create", "keep-me", "k1")
     time.sleep(0.3)
     assert daemon.inspect("keep-me")["State"]["Running"] is False
+    typo = daemon.docker("start", "--checkpoint", "k2", "keep-me", check=False)
+    assert typo.returncode != 0 and "no checkpoint 'k2'" in typo.stderr
+    time.sleep(0.3)  # a failed restore must not count as the exit --rm waits for
+    assert daemon.inspect("keep-me")["State"]["ExitCode"] == 137
     stopped = daemon.numbers("keep-me")
     daemon.docker("start", "--checkpoint", "k1", "keep-me")
     assert daemon.wait_for_numbers("keep-me", len(stopped) + 5)[len(stopped)] == stopped[-1] + 1

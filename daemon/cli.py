@@ -40,23 +40,17 @@ from wire.server import Server, ServerCall, unary_unary
 from wire.status import StatusCode
 from wire.trace import (
     TraceCollector,
-    TraceEvent,
     TraceFanout,
     TraceSink,
-    install_tracer,
     installed_tracer,
 )
+from wire.trace_env import FORMATS, TRACE_ENV, render, trace_from_env, use_color
 from wire.tracing import (
     TraceFormatError,
     read_json_lines,
-    render_html,
-    render_terminal,
-    to_json_lines,
 )
 
-FORMATS = ("terminal", "jsonl", "html")
 DEFAULT_METHOD = "/types.API/CreateCheckpoint"
-TRACE_ENV = "CRYO_TRACE"
 
 
 class UsageError(Exception):
@@ -268,18 +262,6 @@ def _serialize(message: Message) -> bytes:
 # -- rendering ---------------------------------------------------------------------------
 
 
-def render(events: Sequence[TraceEvent], fmt: str, *, color: bool = False) -> str:
-    if fmt == "jsonl":
-        return to_json_lines(events)
-    if fmt == "html":
-        return render_html(events)
-    return render_terminal(events, color=color)
-
-
-def _use_color(stream: Any) -> bool:
-    return bool(getattr(stream, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ
-
-
 def _emit(text: str, output: str | None, *, stream: Any) -> None:
     if output is None or output == "-":
         stream.write(text)
@@ -296,7 +278,7 @@ def _emit(text: str, output: str | None, *, stream: Any) -> None:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     out_stream = sys.stdout
-    color = args.format == "terminal" and args.output in (None, "-") and _use_color(out_stream)
+    color = args.format == "terminal" and args.output in (None, "-") and use_color(out_stream)
     if args.input is not None:
         try:
             with open(args.input, encoding="utf-8") as handle:
@@ -440,33 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--criu", help="the criu binary (default: the runtime's choice)")
     daemon.set_defaults(run=cmd_daemon)
     return parser
-
-
-def trace_from_env(environ: dict[str, str] | None = None) -> Callable[[], None] | None:
-    """Honour `CRYO_TRACE`: install a collector for every connection and server made
-    from now on; returns the function that writes what it collected (or None)."""
-    destination = (environ if environ is not None else os.environ).get(TRACE_ENV)
-    if not destination:
-        return None
-    collector = TraceCollector()
-    install_tracer(collector)
-
-    def write() -> None:
-        install_tracer(None)
-        if destination == "-":
-            sys.stderr.write(render_terminal(collector.events, color=_use_color(sys.stderr)))
-            return
-        fmt = "jsonl"
-        if destination.endswith((".html", ".htm")):
-            fmt = "html"
-        elif destination.endswith(".txt"):
-            fmt = "terminal"
-        try:
-            Path(destination).write_text(render(collector.events, fmt), encoding="utf-8")
-        except OSError as exc:
-            print(f"cryo: cannot write the trace to {destination}: {exc}", file=sys.stderr)
-
-    return write
 
 
 def main(argv: Sequence[str] | None = None) -> int:

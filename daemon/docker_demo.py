@@ -11,8 +11,8 @@
 4. `docker checkpoint ls`, then `docker start --checkpoint cp1 counter`, and check with
    `docker logs` that the counter goes on from the number after its last one;
 5. `docker checkpoint rm`, `docker rm -f`, stop the daemon; then show the
-   CreateCheckpoint call as the daemon's gRPC client traced it, step by step and frame
-   by frame.
+   CreateCheckpoint call as both ends traced it (the daemon's client, the runtime's
+   server: each writes its own `CRYO_TRACE` file), step by step and frame by frame.
 
 Owns: the story and its checks. Talks to the daemon only through the docker CLI.
 """
@@ -33,6 +33,7 @@ from daemon import server
 from daemon.bundles import SHELL_COUNTER
 from daemon.demo import DemoFailed, Story
 from wire.trace import TraceEvent, installed_tracer
+from wire.trace_env import child_destination
 from wire.tracing import read_json_lines, render_terminal
 
 CONTAINER = "counter"
@@ -140,16 +141,22 @@ class DockerDemo:
             return ""
 
     def traced_call(self) -> list[TraceEvent]:
-        """The daemon's CreateCheckpoint call, both of its sides' client events."""
+        """The daemon's CreateCheckpoint call, both sides: the daemon's client events
+        and the runtime's server events (its trace file; the call id is shared)."""
         if not self.trace_file.exists():
             raise DemoFailed("the daemon wrote no trace")
         events = list(read_json_lines(self.trace_file.read_text().splitlines()))
+        runtime_file = Path(child_destination(str(self.trace_file), "runtime"))
+        if runtime_file.exists():
+            events += read_json_lines(runtime_file.read_text().splitlines())
         everywhere = installed_tracer()
         if everywhere is not None:  # CRYO_TRACE for `cryo demo` itself gets them too
             for event in events:
                 everywhere.emit(event)
         calls = {
-            e.call_id for e in events if e.kind == "step" and e.attrs.get("method") == TRACED_METHOD
+            e.call_id
+            for e in events
+            if e.kind == "step" and e.side == "client" and e.attrs.get("method") == TRACED_METHOD
         }
         return [e for e in events if e.call_id in calls]
 
@@ -201,7 +208,10 @@ def run_docker_demo(out: TextIO, *, color: bool = False) -> None:
         demo.say_docker("checkpoint", "rm", CONTAINER, CHECKPOINT)
         demo.say_docker("rm", "-f", CONTAINER)
         demo.stop_daemon()
-        story.say("daemon stopped; the CreateCheckpoint call it made, as its gRPC client saw it:")
+        story.say(
+            "daemon stopped; the CreateCheckpoint call it made, as the daemon (client) and "
+            "the runtime (server) traced it:"
+        )
         events = demo.traced_call()
         if not events:
             raise DemoFailed(f"no {TRACED_METHOD} call in the daemon's trace")

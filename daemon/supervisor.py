@@ -32,6 +32,7 @@ from proto.health import health_pb2
 from proto.health.health_cryo import HealthStub
 from wire.client import ClientConn
 from wire.errors import RpcError
+from wire.trace_env import TRACE_ENV, child_destination
 
 __all__ = ["LaunchedRuntime", "RuntimeDidNotStart", "launch"]
 
@@ -120,6 +121,9 @@ async def launch(
         command += ["--runc", runc]
     command += list(extra_args)
     child_env = dict(os.environ if env is None else env)
+    if child_env.get(TRACE_ENV):
+        # A runtime started by a traced program traces too, into a file of its own.
+        child_env[TRACE_ENV] = child_destination(child_env[TRACE_ENV], "runtime")
     # The runtime imports its packages from this checkout, wherever we were started.
     child_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(_REPO_ROOT), child_env.get("PYTHONPATH", "")])

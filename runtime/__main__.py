@@ -5,8 +5,9 @@
 Owns: the command line (containerd 0.2's flag names ``--listen`` and ``--state-dir``,
 plus ``--criu``, ``--runc`` and ``--checkpoint-root``), the start-up order (state
 directory, recovery of interrupted checkpoints, CRIU probe, event log, container table,
-then listeners) and shutdown on SIGTERM or SIGINT (health turns NOT_SERVING, event
-streams end, in-flight calls get a grace period, then containers are stopped).
+then listeners), ``CRYO_TRACE`` as every cryo program honours it, and shutdown on
+SIGTERM or SIGINT (health turns NOT_SERVING, event streams end, in-flight calls get a
+grace period, then containers are stopped).
 
 Must not: do any request handling itself, or exit while a container it started runs.
 """
@@ -30,6 +31,7 @@ from runtime.events import EventLog
 from runtime.runc import Runc
 from runtime.server import build_server
 from runtime.state import StateLayout
+from wire.trace_env import trace_from_env
 
 log = logging.getLogger("runtime")
 
@@ -144,7 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.debug:
         # The runtime's own debug messages, not those of every library (hpack's are many).
         logging.getLogger("runtime").setLevel(logging.DEBUG)
-    trio.run(serve, options)
+    write_trace = trace_from_env(program="cryo-runtime")  # CRYO_TRACE, as for `cryo`
+    try:
+        trio.run(serve, options)
+    finally:
+        if write_trace is not None:
+            write_trace()
     return 0
 
 

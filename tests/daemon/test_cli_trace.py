@@ -12,6 +12,7 @@ import trio
 from proto.types import api_pb2
 from wire.server import Server, ServerCall, unary_unary
 from wire.status import StatusCode
+from wire.trace_env import child_destination, format_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,6 +69,9 @@ async def test_demo_runs_docker_checkpoint_through_the_daemon_showing_the_call()
     assert "/types.API/CreateCheckpoint: OK" in stdout
     assert "▶ ClientConn.invoke /types.API/CreateCheckpoint" in stdout
     assert ":path: /types.API/CreateCheckpoint" in stdout
+    # The runtime traced its side into a file of its own: one call, both ends.
+    assert "[client + server]" in stdout
+    assert "▶ run_call /types.API/CreateCheckpoint" in stdout and "▶ handler" in stdout
     assert "demo finished" in stdout and "\x1b[" not in stdout
 
 
@@ -163,3 +167,16 @@ async def test_a_saved_trace_renders_again(tmp_path: Path) -> None:
     bad.write_text('{"v": 99}\n')
     code, _, stderr = await cryo("trace", "--input", str(bad))
     assert code == 2 and "version" in stderr
+
+
+def test_a_child_program_traces_into_a_file_of_its_own() -> None:
+    assert child_destination("/tmp/t.jsonl", "runtime") == "/tmp/t.runtime.jsonl"
+    assert child_destination("call.html", "runtime") == "call.runtime.html"
+    assert child_destination("-", "runtime") == "-"
+    assert [format_for(d) for d in ("a.html", "a.htm", "a.txt", "a.jsonl", "a")] == [
+        "html",
+        "html",
+        "terminal",
+        "jsonl",
+        "jsonl",
+    ]

@@ -398,3 +398,56 @@ def test_env_workdir_and_a_command_that_cannot_start(daemon: Daemon) -> None:
     assert state["ExitCode"] == 127 and "no-such-command" in state["Error"]
     assert state["Running"] is False
     daemon.docker("rm", "cannot-run")
+
+
+def _raw(daemon: Daemon, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """One request straight to the daemon's socket: what a client other than the CLI sends."""
+    sock_path = daemon.host.removeprefix("unix://")
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Length: {len(body)}\r\n"
+        "Content-Type: application/json\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(sock_path)
+        s.sendall(head + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    payload = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(payload) if payload.strip() else {}
+
+
+def test_bad_requests_get_docker_shaped_errors(daemon: Daemon) -> None:
+    status, answer = _raw(daemon, "POST", "/v1.41/containers/create", b"{not json")
+    assert status == 400 and "invalid JSON" in answer["message"]
+    status, answer = _raw(daemon, "POST", "/v1.41/containers/create", b'{"Image": "nosuch"}')
+    assert status == 404 and answer["message"] == "No such image: nosuch:latest"
+    status, answer = _raw(daemon, "POST", "/v1.41/containers/create", b'{"Image": 7}')
+    assert status == 400 and "Image" in answer["message"]
+    status, answer = _raw(
+        daemon, "POST", "/v1.41/containers/create", b'{"Image": "busybox", "Cmd": "x", "Env": [1]}'
+    )
+    assert status == 400 and "Env" in answer["message"]
+    status, answer = _raw(daemon, "GET", "/v1.99/version")
+    assert status == 400 and "too new" in answer["message"]
+    status, answer = _raw(daemon, "GET", "/v1.41/no/such/route")
+    assert status == 404 and "page not found" in answer["message"]
+    status, answer = _raw(daemon, "PUT", "/v1.41/containers/json")
+    assert status == 405
+    status, answer = _raw(
+        daemon, "POST", "/containers/nosuch/checkpoints", b'{"CheckpointID": "a1"}'
+    )
+    assert status == 404 and answer["message"] == "No such container: nosuch"
+    daemon.docker("run", "-d", "--name", "raw-target", "busybox", "sleep", "1000")
+    for body in (b"[]", b'{"CheckpointID": 5}', b'{"CheckpointID": "ok1", "Exit": "yes"}'):
+        status, answer = _raw(daemon, "POST", "/containers/raw-target/checkpoints", body)
+        assert status == 400, (body, answer)
+    status, answer = _raw(
+        daemon, "POST", "/containers/raw-target/checkpoints", b'{"CheckpointID": "../../etc"}'
+    )
+    assert status == 400 and "Invalid checkpoint ID (../../etc)" in answer["message"]
+    status, _ = _raw(daemon, "POST", "/containers/raw-target/start")
+    assert status == 304  # already running, as Docker answers
+    daemon.docker("rm", "-f", "raw-target")

@@ -266,10 +266,10 @@ class DockerApi:
 
     async def container_list(self, request: Request, _: dict[str, str]) -> Response:
         show_all = _flag(request.query_value("all"))
-        filters = request.query_value("filters")
-        if filters and json.loads(filters or "{}"):
-            raise HttpError(400, "cryo does not support filters when listing containers")
-        records = [r for r in self.backend.store.all() if show_all or r.state.running]
+        accept = _container_filter(request.query_value("filters"))
+        records = [
+            r for r in self.backend.store.all() if (show_all or r.state.running) and accept(r)
+        ]
         limit = request.query_value("limit")
         if limit and limit.lstrip("-").isdigit() and int(limit) > 0:
             records = records[: int(limit)]
@@ -484,22 +484,7 @@ def _timestamp_ns(text: str | None, what: str) -> int | None:
 
 
 def _event_filter(text: str | None) -> Callable[[DaemonEvent], bool]:
-    if not text:
-        return lambda event: True
-    try:
-        raw = json.loads(text)
-    except ValueError:
-        raise HttpError(400, f"invalid filters: {text!r}") from None
-    if not isinstance(raw, dict):
-        raise HttpError(400, f"invalid filters: {text!r}")
-    wanted: dict[str, set[str]] = {}
-    for key, values in raw.items():
-        if key not in ("type", "container", "event"):
-            raise HttpError(400, f"invalid filter '{key}'")
-        names = (
-            values if isinstance(values, list) else list(values) if isinstance(values, dict) else []
-        )
-        wanted[key] = {str(v) for v in names}
+    wanted = _filter_values(text, ("type", "container", "event"))
 
     def accept(event: DaemonEvent) -> bool:
         if "type" in wanted and "container" not in wanted["type"]:
@@ -511,6 +496,67 @@ def _event_filter(text: str | None) -> Callable[[DaemonEvent], bool]:
             if not wanted["container"] & {c.id, c.name, c.id[:12]}:
                 return False
         return True
+
+    return accept
+
+
+CONTAINER_FILTERS = ("id", "name", "status", "label", "exited")
+CONTAINER_STATUSES = frozenset(
+    {"created", "running", "paused", "exited", "dead", "restarting", "removing"}
+)
+
+
+def _filter_values(text: str | None, allowed: tuple[str, ...]) -> dict[str, set[str]]:
+    """Docker's `filters` query value: {"key": ["v", …]} (or the older {"key": {"v": true}})."""
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise HttpError(400, f"invalid filters: {text!r}") from None
+    if not isinstance(raw, dict):
+        raise HttpError(400, f"invalid filters: {text!r}")
+    wanted: dict[str, set[str]] = {}
+    for key, values in raw.items():
+        if key not in allowed:
+            raise HttpError(400, f"invalid filter '{key}'")
+        if isinstance(values, dict):
+            values = list(values)
+        if not isinstance(values, list):
+            raise HttpError(400, f"invalid filter values for '{key}'")
+        wanted[key] = {str(v) for v in values}
+    return wanted
+
+
+def _container_filter(text: str | None) -> Callable[[ContainerRecord], bool]:
+    """`docker ps -f`: values of one key are alternatives; different keys all apply."""
+    wanted = _filter_values(text, CONTAINER_FILTERS)
+    statuses = wanted.get("status", set())
+    unknown = statuses - CONTAINER_STATUSES
+    if unknown:
+        raise HttpError(400, f"invalid filter 'status={sorted(unknown)[0]}'")
+    try:  # Docker matches names as regular expressions
+        names = [re.compile(v.removeprefix("/")) for v in wanted.get("name", ())]
+    except re.error as exc:
+        raise HttpError(400, f"invalid filter 'name': {exc}") from None
+    exited = wanted.get("exited")
+
+    def labelled(record: ContainerRecord, spec: str) -> bool:
+        key, has_value, value = spec.partition("=")
+        return key in record.labels and (not has_value or record.labels[key] == value)
+
+    def accept(record: ContainerRecord) -> bool:
+        if "id" in wanted and not any(record.id.startswith(v) for v in wanted["id"]):
+            return False
+        if names and not any(pattern.search(record.name) for pattern in names):
+            return False
+        if statuses and record.state.status not in statuses:
+            return False
+        if "label" in wanted and not all(labelled(record, v) for v in wanted["label"]):
+            return False
+        return not exited or (
+            record.state.status == "exited" and str(record.state.exit_code) in exited
+        )
 
     return accept
 

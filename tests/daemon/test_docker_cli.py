@@ -451,3 +451,38 @@ def test_bad_requests_get_docker_shaped_errors(daemon: Daemon) -> None:
     status, _ = _raw(daemon, "POST", "/containers/raw-target/start")
     assert status == 304  # already running, as Docker answers
     daemon.docker("rm", "-f", "raw-target")
+
+
+def test_ps_filters_by_status_name_label_and_exit_code(daemon: Daemon) -> None:
+    daemon.docker("run", "-d", "--name", "filt-up", "--label", "team=a", "busybox", "sleep", "1000")
+    done = daemon.docker(
+        "run",
+        "--name",
+        "filt-done",
+        "--label",
+        "team=b",
+        "busybox",
+        "sh",
+        "-c",
+        "exit 3",
+        check=False,
+    )
+    assert done.returncode == 3
+
+    def names(*filters: str) -> list[str]:
+        args = ["ps", "-a", "--format", "{{.Names}}"]
+        for f in filters:
+            args += ["--filter", f]
+        return sorted(daemon.docker(*args).stdout.split())
+
+    assert names("status=running", "name=filt") == ["filt-up"]
+    assert names("status=exited", "name=filt") == ["filt-done"]
+    assert names("label=team", "name=^filt-") == ["filt-done", "filt-up"]
+    assert names("label=team=b") == ["filt-done"]
+    assert names("exited=3") == ["filt-done"]
+    assert names("exited=0", "name=filt") == []
+    bad = daemon.docker("ps", "--filter", "status=sleepy", check=False)
+    assert bad.returncode != 0 and "invalid filter 'status=sleepy'" in bad.stderr
+    unknown = daemon.docker("ps", "--filter", "volume=x", check=False)
+    assert unknown.returncode != 0 and "invalid filter 'volume'" in unknown.stderr
+    daemon.docker("rm", "-f", "filt-up", "filt-done")

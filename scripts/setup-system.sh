@@ -17,8 +17,9 @@ source "$scripts_dir/setup-criu.sh"
 # runc runs containers and calls CRIU for them; runc checkpoint needs iptables;
 # busybox-static fills test container root filesystems; grpc-proto provides the
 # standard gRPC .proto files (health, status) that cryo compiles with protoc;
-# chromium loads the HTML trace diagram headless in a test.
-SYSTEM_PACKAGES=(runc iptables busybox-static grpc-proto protobuf-compiler chromium openssl)
+# chromium loads the HTML trace diagram headless in a test; openssl makes the TLS test
+# certificate; curl is a second HTTP client for the daemon's API in a test.
+SYSTEM_PACKAGES=(runc iptables busybox-static grpc-proto protobuf-compiler chromium openssl curl)
 
 main() {
     [[ $(id -u) == 0 ]] || die "run as root (apt-get, runc and criu need it)"

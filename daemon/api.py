@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.backend import WAIT_CONDITIONS, Backend, DaemonError, DaemonEvent
+from daemon.backend import WAIT_CONDITIONS, Backend, DaemonError, DaemonEvent, Image
 from daemon.http import HttpError, Request, Response
 from daemon.store import ContainerRecord
 
@@ -337,7 +337,7 @@ class DockerApi:
         return Response.upgraded("tcp", stream, "application/vnd.docker.raw-stream")
 
     async def container_logs(self, request: Request, params: dict[str, str]) -> Response:
-        frames = await self.backend.logs(
+        frames = self.backend.logs(
             params["name"],
             stdout=_flag(request.query_value("stdout")),
             stderr=_flag(request.query_value("stderr")),
@@ -579,7 +579,7 @@ def _container_summary(record: ContainerRecord) -> dict[str, Any]:
     }
 
 
-def _image_summary(image: Any) -> dict[str, Any]:
+def _image_summary(image: Image) -> dict[str, Any]:
     return {
         "Id": image.id,
         "ParentId": "",

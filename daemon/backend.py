@@ -344,14 +344,8 @@ class Backend:
             code = 126
         else:
             code = 128
-        state = record.state
-        state.exit_code = code
-        state.error = message
-        state.finished_at = _now()
-        if self.store.find(record.id) is record:
-            self.store.save(record)
         self._start_attempts[record.id] = self._start_attempts.get(record.id, 0) + 1
-        self._changed_now(record)
+        self._record_end(record, code, message)
         if record.auto_remove and self._nursery is not None:
             self._nursery.start_soon(self._remove_quietly, record)
 
@@ -465,7 +459,7 @@ class Backend:
             elif removed:
                 raise DaemonError(404, f"No such container: {ref}")
 
-    async def logs(
+    def logs(
         self, ref: str, *, stdout: bool, stderr: bool, follow: bool, tail: str | None
     ) -> AsyncIterator[bytes]:
         """The container's output as Docker's multiplexed stream (8-byte frame headers)."""
@@ -649,18 +643,23 @@ class Backend:
                 )
 
     async def _mark_exited(self, record: ContainerRecord, code: int, error: str) -> None:
+        record.state.status = "exited"
+        record.state.pid = 0
+        self._record_end(record, code, error)
+        self._emit("die", record, exitCode=str(int(code)))
+        if record.auto_remove and not record.state.checkpointed and self._nursery is not None:
+            self._nursery.start_soon(self._remove_quietly, record)
+
+    def _record_end(self, record: ContainerRecord, code: int, error: str) -> None:
+        """The task is over (or never began): its exit code and error, saved, and
+        everyone waiting on the container told."""
         state = record.state
-        state.status = "exited"
-        state.pid = 0
         state.exit_code = int(code)
         state.error = error
         state.finished_at = _now()
         if self.store.find(record.id) is record:
             self.store.save(record)
         self._changed_now(record)
-        self._emit("die", record, exitCode=str(int(code)))
-        if record.auto_remove and not state.checkpointed and self._nursery is not None:
-            self._nursery.start_soon(self._remove_quietly, record)
 
     async def _remove_quietly(self, record: ContainerRecord) -> None:
         """`--rm`: remove after exit (not after an exit checkpoint: it is to be restored)."""

@@ -655,16 +655,7 @@ class HttpServer:
         if chunks is not None and is_http10:
             keep_alive = False  # HTTP/1.0 has no chunked coding: the close ends the body
 
-        own_headers = [
-            (name, value)
-            for name, value in response.headers
-            if name.lower() not in _FRAMING_HEADERS
-        ]
-        if response.content_type is not None:
-            own_headers.append(("Content-Type", response.content_type))
-        own_names = {name.lower() for name, _ in own_headers}
-        headers = [(n, v) for n, v in self._default_headers if n.lower() not in own_names]
-        headers += own_headers
+        headers = self._content_headers(response)
         if chunks is not None:
             if not is_http10:
                 headers.append(("Transfer-Encoding", "chunked"))
@@ -688,15 +679,19 @@ class HttpServer:
         )
         return sent_whole_body and keep_alive
 
-    async def _send_upgraded(
-        self, stream: trio.abc.Stream, response: Response, chunks: AsyncIterator[bytes]
-    ) -> None:
+    def _content_headers(self, response: Response) -> list[tuple[str, str]]:
+        """The default headers, those the handler set (which replace defaults of the same
+        name) and its Content-Type; never the framing headers, which are the server's."""
         own = [(n, v) for n, v in response.headers if n.lower() not in _FRAMING_HEADERS]
         if response.content_type is not None:
             own.append(("Content-Type", response.content_type))
         own_names = {name.lower() for name, _ in own}
-        headers = [(n, v) for n, v in self._default_headers if n.lower() not in own_names]
-        headers += own
+        return [(n, v) for n, v in self._default_headers if n.lower() not in own_names] + own
+
+    async def _send_upgraded(
+        self, stream: trio.abc.Stream, response: Response, chunks: AsyncIterator[bytes]
+    ) -> None:
+        headers = self._content_headers(response)
         headers += [("Connection", "Upgrade"), ("Upgrade", str(response.upgrade))]
         head = _render_head(101, headers)
         try:

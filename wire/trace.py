@@ -732,6 +732,11 @@ class FrameTracer:
             if window is not None:
                 attrs["window"] = window
             call = self._calls.get(stream_id) if stream_id else None
+            # Outbound frames belong to the step that queued their bytes; inbound ones
+            # go to the call, which knows which step takes them (`CallTrace.inbound`).
+            out_parent = (
+                call.span_at(base + offset) if call is not None and direction == "out" else None
+            )
             event = TraceEvent(
                 now,
                 self.side,
@@ -742,13 +747,13 @@ class FrameTracer:
                 stream_id,
                 self._call_ids.get(stream_id) if stream_id else None,
                 attrs,
+                None,
+                out_parent,
             )
-            if call is None:
-                self.sink.emit(event)
-            elif direction == "out":
-                self.sink.emit(replace(event, parent=call.span_at(base + offset)))
-            else:
+            if call is not None and direction == "in":
                 call.inbound(event)
+            else:
+                self.sink.emit(event)
             if stream_id and (name == "RST_STREAM" or self.flow.closed(stream_id)):
                 self._forget(stream_id, call)
 

@@ -112,22 +112,29 @@ def _answers(path: Path) -> bool:
         return False
 
 
-def start_daemon(work: Path) -> Daemon:
+def start_daemon(work: Path, host: str | None = None) -> Daemon:
+    """`cryo daemon` on *host* (a unix socket in *work* by default), once it answers."""
     sock = work / "docker.sock"
+    host = host or f"unix://{sock}"
     log = work / "daemon.log"
     process = subprocess.Popen(
-        server.command_line(f"unix://{sock}", work / "root"),
+        server.command_line(host, work / "root"),
         env=server.child_environment(),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
+    daemon = Daemon(process, host, work / "root", work / "docker-config", log)
     deadline = time.monotonic() + 60
-    while not _answers(sock):
+    while not (_answers(sock) if host.startswith("unix://") else _answers_cli(daemon)):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise AssertionError(f"the daemon did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
-    return Daemon(process, f"unix://{sock}", work / "root", work / "docker-config", log)
+    return daemon
+
+
+def _answers_cli(daemon: Daemon) -> bool:
+    return daemon.docker("version", check=False).returncode == 0
 
 
 def stop_daemon(daemon: Daemon) -> None:
@@ -352,19 +359,8 @@ def test_the_api_can_also_listen_on_loopback_tcp(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a free port, released for the daemon to take
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log = tmp_path / "daemon.log"
-    process = subprocess.Popen(
-        server.command_line(f"tcp://127.0.0.1:{port}", tmp_path / "root"),
-        env=server.child_environment(),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    daemon = Daemon(process, f"tcp://127.0.0.1:{port}", tmp_path / "root", tmp_path / "cfg", log)
+    daemon = start_daemon(tmp_path, f"tcp://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 60
-        while daemon.docker("version", check=False).returncode != 0:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         assert daemon.docker("run", "--rm", "busybox", "echo", "over tcp").stdout == "over tcp\n"
     finally:
         stop_daemon(daemon)
